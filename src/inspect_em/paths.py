@@ -1,0 +1,46 @@
+"""Where inspect_em keeps its cache (prepared models) on disk."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+
+HOME_ENV = "INSPECT_EM_HOME"
+
+
+def home() -> Path:
+    """The cache root: ``$INSPECT_EM_HOME`` or the user's cache dir (``~/.cache/inspect_em``)."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser() if env else Path(user_cache_dir("inspect_em"))
+
+
+@contextmanager
+def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final``; rename it to ``final`` only if the block succeeds.
+
+    A failure (or Ctrl-C) removes the temporary folder, so no half-written ``final`` ever exists.
+    With ``overwrite`` an existing ``final`` is replaced only after the new one is complete.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            if not overwrite:
+                raise FileExistsError(f"{final} already exists")
+            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, old)
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
