@@ -28,3 +28,35 @@ def reference_dir() -> Path:
     if not path.is_dir():
         pytest.skip(f"{REFERENCE_ENV}={value} is not a folder")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_path: Path) -> Path:
+    """A 4-layer random-weight Llama (d_model 64) with the embedded model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def embedded_model(embedded_model_path: Path):
+    """(model, tokenizer) of the embedded model in float32 on CPU, loaded once."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path)
+    model.eval()
+    with torch.no_grad():  # transformers installs its own output-capture hooks on first use
+        model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
+    return model, AutoTokenizer.from_pretrained(embedded_model_path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -35,6 +36,51 @@ def model_path() -> None:
     from . import embedded
 
     click.echo(str(embedded.path()))
+
+
+@cli.command("extract")
+@click.option("--model", "model_ref", required=True, help="HF folder or hub id (hf/ prefix ok), or 'embedded'.")
+@click.option("--trait", required=True, help="Built-in trait (refusal, code) or a trait YAML path.")
+@click.option("--methods", default="all", show_default=True, help="Comma-separated methods or 'all'.")
+@click.option("--layers", default="all", show_default=True, help="'all', '3,5,7' or '10-20'.")
+@click.option("--position", default=None, help="last_prompt_token or prompt_mean (default: the trait's).")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output folder (default vectors/<model-slug>/<trait>).")
+@click.option("--batch-size", default=16, show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True)
+def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position: str | None, out: Path | None,
+                batch_size: int, device: str, dtype: str) -> None:
+    """Extract trait vectors (six methods x every layer) with held-out validation."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .activations import resolve_layers
+    from .extraction import resolve_methods
+    from .modeling import config_layers, load_hf_model
+    from .pipeline import extract_trait_vectors
+    from .traits import load_trait
+    from .vectors import model_slug, save
+
+    spec = load_trait(trait)
+    # fail on a typo or a bad layer before loading (possibly tens of GB of) weights
+    resolve_methods(methods)
+    resolve_layers(config_layers(model_ref), layers)
+    model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype)
+    tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=methods, layers=layers,
+                               position=position, batch_size=batch_size)
+    folder = save(tv, out or Path("vectors") / model_slug(model_id) / spec.name)
+    table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} (held-out validation)")
+    for column in ("method", "best layer", "AUROC", "accuracy", "Cohen's d", "separation"):
+        table.add_column(column, justify="left" if column == "method" else "right")
+    for method in tv.methods:
+        best = tv.card["best"][method]
+        table.add_row(method, str(tv.best_layer(method)), f"{best['heldout_auroc']:.3f}",
+                      f"{best['heldout_accuracy']:.3f}", f"{best['heldout_cohens_d']:.2f}",
+                      f"{best['heldout_separation']:.1f}")
+    console = Console()
+    console.print(table)
+    console.print(f"saved to {folder}")
 
 
 def main() -> None:

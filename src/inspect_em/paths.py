@@ -32,6 +32,7 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
+        _default_permissions(tmp)
         if final.exists():
             if not overwrite:
                 raise FileExistsError(f"{final} already exists")
@@ -44,3 +45,13 @@ def atomic_dir(final: Path, overwrite: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _default_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 folders: give the tree the modes a plain mkdir/open would (umask)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for root, _dirs, names in os.walk(folder):
+        os.chmod(root, 0o777 & ~umask)
+        for name in names:
+            os.chmod(os.path.join(root, name), 0o666 & ~umask)

@@ -1,0 +1,287 @@
+"""Residual-stream activations from every decoder block, captured with forward hooks.
+
+Hook points are named TransformerLens-style: ``blocks.{i}.hook_resid_post`` is the output of
+decoder block ``i`` (0-based). Hooks are installed by a context manager that always removes them,
+even when the forward pass raises.
+
+Each hook reduces its block's output ``[batch, seq, d_model]`` to ``[batch, d_model]`` on the spot
+(a weighted sum over positions, in float32), so memory holds one batch's hidden states for one
+layer at a time plus the ``[batch, n_layers, d_model]`` result, never ``seq × layers``.
+
+Positions:
+- ``last_prompt_token``: the last token of the chat-formatted prompt, i.e. after the template's
+  generation prompt (``<|im_start|>assistant\\n``): the model's decision point.
+- ``prompt_mean``: mean over all prompt tokens (template tokens included).
+- ``response_mean``: mean over the response tokens (needs ``responses``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .errors import InspectEmError
+
+Position = Literal["last_prompt_token", "prompt_mean", "response_mean"]
+POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean", "response_mean")
+
+# Attribute paths to the list of decoder blocks, by architecture family.
+_LAYER_PATHS: tuple[str, ...] = (
+    "model.layers",  # Llama, SmolLM, Qwen2/3, Mistral, Gemma, Phi-3
+    "model.language_model.layers",  # Gemma 3, multimodal wrappers
+    "model.decoder.layers",  # OPT
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",  # Pythia / GPT-NeoX
+    "transformer.blocks",  # MPT
+)
+
+
+def hook_name(layer: int) -> str:
+    """Name of the residual-stream hook point after block ``layer``."""
+    return f"blocks.{layer}.hook_resid_post"
+
+
+def find_layers(model: nn.Module) -> nn.ModuleList:
+    """The model's decoder blocks; unwraps peft models. One-line error naming the class otherwise."""
+    roots: list[Any] = [model]
+    base = getattr(model, "get_base_model", None)
+    if callable(base):
+        roots.insert(0, base())
+    for root in roots:
+        for path in _LAYER_PATHS:
+            obj: Any = root
+            for attr in path.split("."):
+                obj = getattr(obj, attr, None)
+                if obj is None:
+                    break
+            if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+                return obj
+    raise InspectEmError(
+        f"cannot find the decoder layers of {type(model).__name__}: tried {', '.join(_LAYER_PATHS)}"
+    )
+
+
+def resolve_layers(n_layers: int, layers: str | int | Sequence[int] | None = "all") -> list[int]:
+    """``"all"``/None → every layer; ``"3,5,7"`` / ``"10-20"`` / ints → validated sorted list.
+
+    Negative indices count from the end. Raises a one-line error for out-of-range layers.
+    """
+    if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
+        return list(range(n_layers))
+    items: list[int] = []
+    if isinstance(layers, int):
+        items = [layers]
+    elif isinstance(layers, str):
+        for part in layers.split(","):
+            part = part.strip()
+            if not part:
+                continue
+            try:
+                if "-" in part.lstrip("-"):
+                    lo, hi = part.split("-", 1)
+                    items.extend(range(int(lo), int(hi) + 1))
+                else:
+                    items.append(int(part))
+            except ValueError:
+                raise InspectEmError(f"layers: cannot parse '{part}' (use 'all', '3,5,7' or '10-20')") from None
+    else:
+        items = [int(x) for x in layers]
+    if not items:
+        raise InspectEmError("layers: empty selection")
+    resolved = []
+    for layer in items:
+        index = layer + n_layers if layer < 0 else layer
+        if not 0 <= index < n_layers:
+            raise InspectEmError(f"layer {layer} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        resolved.append(index)
+    return sorted(set(resolved))
+
+
+def _block_output(output: Any) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+@contextmanager
+def hooks(model: nn.Module, fns: dict[int, Callable[[torch.Tensor], None]]) -> Iterator[None]:
+    """Run ``fns[layer](resid_post)`` on each listed block's output; always removes the hooks.
+
+    ``resid_post`` is the block output ``[batch, seq, d_model]`` in the model's dtype.
+    """
+    blocks = find_layers(model)
+    handles = []
+    try:
+        for layer, fn in fns.items():
+            def hook(_module: nn.Module, _inputs: Any, output: Any, fn=fn) -> None:
+                fn(_block_output(output))
+
+            handles.append(blocks[layer].register_forward_hook(hook))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class EncodedBatch:
+    """Padded token ids with the per-row weights that define the position to read.
+
+    Attributes:
+        input_ids: ``[batch, seq]``.
+        attention_mask: ``[batch, seq]`` (1 = real token).
+        position_ids: ``[batch, seq]`` (count of real tokens before; correct under left padding).
+        weights: ``[batch, seq]`` float32, each row sums to 1 over the positions to average.
+    """
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    weights: torch.Tensor
+
+
+def chat_prompt_ids(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
+    """Token ids of ``prompt`` rendered with the tokenizer's chat template + generation prompt."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return list(tokenizer(prompt)["input_ids"])  # base models without a template: the raw prompt
+
+
+def encode_batch(
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]] | None,
+    position: Position,
+    pad_id: int,
+    padding_side: str = "right",
+) -> EncodedBatch:
+    """Pad prompt(+response) id lists into one batch and build the position weights."""
+    rows, weights = [], []
+    for i, prompt in enumerate(prompt_ids):
+        response = list(response_ids[i]) if response_ids is not None else []
+        ids = list(prompt) + response
+        w = torch.zeros(len(ids))
+        if position == "last_prompt_token":
+            w[len(prompt) - 1] = 1.0
+        elif position == "prompt_mean":
+            w[: len(prompt)] = 1.0 / len(prompt)
+        elif position == "response_mean":
+            if not response:
+                raise InspectEmError(f"response_mean needs a non-empty response (row {i} has none)")
+            w[len(prompt) :] = 1.0 / len(response)
+        else:
+            raise InspectEmError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
+        rows.append(ids)
+        weights.append(w)
+    width = max(len(r) for r in rows)
+    batch = len(rows)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    wt = torch.zeros((batch, width), dtype=torch.float32)
+    for i, (ids, w) in enumerate(zip(rows, weights, strict=True)):
+        span = slice(width - len(ids), width) if padding_side == "left" else slice(0, len(ids))
+        input_ids[i, span] = torch.tensor(ids, dtype=torch.long)
+        mask[i, span] = 1
+        wt[i, span] = w
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)
+    return EncodedBatch(input_ids, mask, position_ids, wt)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def collect_activations(
+    model: nn.Module,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    *,
+    layers: str | Sequence[int] | None = "all",
+    position: Position = "last_prompt_token",
+    responses: Sequence[str] | None = None,
+    system: str | None = None,
+    batch_size: int = 16,
+    padding_side: str = "right",
+    progress: bool = True,
+    desc: str = "activations",
+) -> torch.Tensor:
+    """Residual-stream activations at one position, for every prompt and selected layer.
+
+    Returns:
+        float32 tensor ``[n_prompts, n_layers_selected, d_model]`` on the CPU, rows in the order
+        of ``prompts``.
+    """
+    if not prompts:
+        raise InspectEmError("no prompts given")
+    if position not in POSITIONS:
+        raise InspectEmError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
+    if responses is not None and len(responses) != len(prompts):
+        raise InspectEmError(f"{len(prompts)} prompts but {len(responses)} responses")
+    if position == "response_mean" and responses is None:
+        raise InspectEmError("position response_mean needs responses")
+    blocks = find_layers(model)
+    selected = resolve_layers(len(blocks), layers)
+    prompt_ids = [chat_prompt_ids(tokenizer, p, system) for p in prompts]
+    response_ids = None
+    if responses is not None:
+        response_ids = [list(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    device = model_device(model)
+    d_model = hidden_size(model)
+    out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32)
+    batch_out = torch.empty(0)
+    weights = torch.empty(0)
+
+    def reducer(slot: int) -> Callable[[torch.Tensor], None]:
+        def fn(resid: torch.Tensor) -> None:
+            # float64 accumulation: residual streams carry values in the hundreds, where float32
+            # sums drift by ~1e-4; the result is stored as float32.
+            batch_out[:, slot] = torch.einsum("bsd,bs->bd", resid.double(), weights.double()).float().cpu()
+
+        return fn
+
+    # Batch by length (less padding), then write rows back in the caller's order.
+    lengths = [len(p) + (len(response_ids[i]) if response_ids else 0) for i, p in enumerate(prompt_ids)]
+    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    was_training = model.training
+    model.eval()
+    try:
+        with hooks(model, {layer: reducer(slot) for slot, layer in enumerate(selected)}), torch.inference_mode():
+            starts = range(0, len(order), batch_size)
+            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
+                idx = order[start : start + batch_size]
+                enc = encode_batch(
+                    [prompt_ids[i] for i in idx],
+                    [response_ids[i] for i in idx] if response_ids else None,
+                    position,
+                    pad_id,
+                    padding_side,
+                )
+                weights = enc.weights.to(device)
+                batch_out = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
+                model(
+                    input_ids=enc.input_ids.to(device),
+                    attention_mask=enc.attention_mask.to(device),
+                    position_ids=enc.position_ids.to(device),
+                    use_cache=False,
+                )
+                out[idx] = batch_out
+    finally:
+        model.train(was_training)
+    return out
+
+
+def hidden_size(model: nn.Module) -> int:
+    """``d_model`` from the model's (text) config."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    size = getattr(config, "hidden_size", None)
+    if not isinstance(size, int):
+        raise InspectEmError(f"{type(model).__name__} has no config.hidden_size")
+    return size

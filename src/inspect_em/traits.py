@@ -1,0 +1,163 @@
+"""Trait declarations: a small YAML naming a positive and a negative prompt file.
+
+Users add traits without code::
+
+    name: refusal
+    positive: harmful.jsonl            # paths relative to this YAML file
+    negative: benign.jsonl
+    heldout_positive: harmful_test.jsonl   # optional: else a seeded split of the fit files
+    heldout_negative: benign_test.jsonl
+    holdout_fraction: 0.2                  # used only without held-out files
+    position: last_prompt_token            # or prompt_mean
+    system: "..."                          # optional system prompt for every prompt
+
+Prompt files are JSONL, one ``{"prompt": "..."}`` per line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from .activations import POSITIONS
+from .errors import InspectEmError
+
+
+@dataclass(frozen=True)
+class PromptSplit:
+    """Fit and held-out prompts for one trait."""
+
+    fit_pos: list[str]
+    fit_neg: list[str]
+    test_pos: list[str]
+    test_neg: list[str]
+
+
+@dataclass(frozen=True)
+class Trait:
+    name: str
+    positive: Path
+    negative: Path
+    heldout_positive: Path | None = None
+    heldout_negative: Path | None = None
+    holdout_fraction: float = 0.2
+    position: str = "last_prompt_token"
+    system: str | None = None
+    description: str = ""
+    source: Path | None = None
+
+    def prompt_files(self) -> list[Path]:
+        return [p for p in (self.positive, self.negative, self.heldout_positive, self.heldout_negative) if p]
+
+    def split(self, seed: int = 0) -> PromptSplit:
+        """Load the prompts; without held-out files, hold out ``holdout_fraction`` of each side."""
+        pos, neg = load_prompts(self.positive), load_prompts(self.negative)
+        if self.heldout_positive and self.heldout_negative:
+            return PromptSplit(pos, neg, load_prompts(self.heldout_positive), load_prompts(self.heldout_negative))
+        rng = np.random.default_rng(seed)
+
+        def cut(items: list[str]) -> tuple[list[str], list[str]]:
+            order = rng.permutation(len(items))
+            n_test = max(1, round(len(items) * self.holdout_fraction))
+            if len(items) - n_test < 2:
+                raise InspectEmError(f"trait {self.name}: too few prompts ({len(items)}) to hold out {n_test}")
+            return [items[i] for i in order[n_test:]], [items[i] for i in order[:n_test]]
+
+        (fit_pos, test_pos), (fit_neg, test_neg) = cut(pos), cut(neg)
+        return PromptSplit(fit_pos, fit_neg, test_pos, test_neg)
+
+    def source_label(self) -> str | None:
+        """``builtin:<name>`` for packaged traits, else the YAML path."""
+        if self.source is None:
+            return None
+        if self.source.parent == builtin_traits_dir().resolve():
+            return f"builtin:{self.source.stem}"
+        return str(self.source)
+
+    def prompt_hashes(self) -> dict[str, str]:
+        """sha256 of each prompt file, for the vector card."""
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in self.prompt_files()}
+
+
+def load_prompts(path: Path) -> list[str]:
+    """Read a JSONL prompt file; one-line errors for missing/empty/malformed files."""
+    path = Path(path)
+    if not path.is_file():
+        raise InspectEmError(f"{path}: prompt file not found")
+    prompts = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InspectEmError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        prompt = record.get("prompt") if isinstance(record, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise InspectEmError(f"{path}:{number}: expected {{\"prompt\": \"...\"}} with a non-empty string")
+        prompts.append(prompt)
+    if not prompts:
+        raise InspectEmError(f"{path}: prompt file is empty")
+    return prompts
+
+
+def builtin_traits_dir() -> Path:
+    return Path(str(files("inspect_em") / "data" / "traits"))
+
+
+def builtin_traits() -> list[str]:
+    return sorted(p.stem for p in builtin_traits_dir().glob("*.yaml"))
+
+
+def load_trait(name_or_path: str | Path) -> Trait:
+    """A built-in trait by name (``refusal``, ``code``) or a trait YAML by path."""
+    path = Path(name_or_path)
+    if not path.suffix and not path.exists():
+        candidate = builtin_traits_dir() / f"{name_or_path}.yaml"
+        if not candidate.is_file():
+            raise InspectEmError(
+                f"unknown trait '{name_or_path}': built-ins are {', '.join(builtin_traits())}, or give a YAML path"
+            )
+        path = candidate
+    if not path.is_file():
+        raise InspectEmError(f"{path}: trait file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise InspectEmError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise InspectEmError(f"{path}: expected a mapping with name, positive, negative")
+    for key in ("name", "positive", "negative"):
+        if not isinstance(data.get(key), str) or not data[key].strip():
+            raise InspectEmError(f"{path}: field '{key}' is missing or not a string")
+    position = data.get("position", "last_prompt_token")
+    if position not in POSITIONS or position == "response_mean":
+        raise InspectEmError(f"{path}: field 'position' must be last_prompt_token or prompt_mean, got {position!r}")
+    fraction = data.get("holdout_fraction", 0.2)
+    if not isinstance(fraction, int | float) or not 0 < fraction < 1:
+        raise InspectEmError(f"{path}: field 'holdout_fraction' must be between 0 and 1")
+    if bool(data.get("heldout_positive")) != bool(data.get("heldout_negative")):
+        raise InspectEmError(f"{path}: give both heldout_positive and heldout_negative, or neither")
+
+    def rel(key: str) -> Path | None:
+        value = data.get(key)
+        return (path.parent / value).resolve() if value else None
+
+    return Trait(
+        name=data["name"],
+        positive=rel("positive"),  # type: ignore[arg-type]
+        negative=rel("negative"),  # type: ignore[arg-type]
+        heldout_positive=rel("heldout_positive"),
+        heldout_negative=rel("heldout_negative"),
+        holdout_fraction=float(fraction),
+        position=position,
+        system=data.get("system"),
+        description=str(data.get("description", "")),
+        source=path.resolve(),
+    )
