@@ -1,6 +1,6 @@
 """Inspect registry entry point (``[project.entry-points.inspect_ai]``): importing this module
-registers inspect_em's tasks, scorers and solvers as ``inspect_em/<name>``."""
+registers inspect_em's tasks and scorers as ``inspect_em/<name>``."""
 
 # ruff: noqa: F401
-from .scorers import code_mode
-from .tasks import em_freeform
+from .scorers import code_mode, refusal, trait_projection
+from .tasks import em_freeform, refusal_contrast

@@ -144,13 +144,18 @@ class EncodedBatch:
     weights: torch.Tensor
 
 
-def chat_prompt_ids(tokenizer: Any, prompt: str, system: str | None = None) -> list[int]:
-    """Token ids of ``prompt`` rendered with the tokenizer's chat template + generation prompt."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+def chat_prompt_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]], system: str | None = None) -> list[int]:
+    """Token ids of a prompt (a user message, or a list of ``{"role", "content"}`` messages)
+    rendered with the tokenizer's chat template and its generation prompt."""
+    if isinstance(prompt, str):
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    else:
+        messages = list(prompt)
     if getattr(tokenizer, "chat_template", None):
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    return list(tokenizer(prompt)["input_ids"])  # base models without a template: the raw prompt
+    # base models without a template: the raw text of the messages
+    return list(tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"])
 
 
 def encode_batch(
@@ -230,50 +235,90 @@ def collect_activations(
     response_ids = None
     if responses is not None:
         response_ids = [list(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
-    device = model_device(model)
     d_model = hidden_size(model)
     out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32)
-    batch_out = torch.empty(0)
-    weights = torch.empty(0)
+    batch: dict[str, torch.Tensor] = {}
 
     def reducer(slot: int) -> Callable[[torch.Tensor], None]:
         def fn(resid: torch.Tensor) -> None:
             # float64 accumulation: residual streams carry values in the hundreds, where float32
             # sums drift by ~1e-4; the result is stored as float32.
-            batch_out[:, slot] = torch.einsum("bsd,bs->bd", resid.double(), weights.double()).float().cpu()
+            w = batch["weights"].double()
+            batch["out"][:, slot] = torch.einsum("bsd,bs->bd", resid.double(), w).float().cpu()
 
         return fn
 
-    # Batch by length (less padding), then write rows back in the caller's order.
+    with hooks(model, {layer: reducer(slot) for slot, layer in enumerate(selected)}):
+        for idx, enc in hooked_batches(model, prompt_ids, response_ids, position, pad_token_id(tokenizer),
+                                       batch_size, padding_side, progress, desc):
+            batch["weights"] = enc.weights.to(model_device(model))
+            batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
+            decoder_forward(model, enc)
+            out[idx] = batch["out"]
+    return out
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    if tokenizer.pad_token_id is not None:
+        return int(tokenizer.pad_token_id)
+    return int(tokenizer.eos_token_id or 0)
+
+
+def hooked_batches(
+    model: nn.Module,
+    prompt_ids: Sequence[Sequence[int]],
+    response_ids: Sequence[Sequence[int]] | None,
+    position: Position,
+    pad_id: int,
+    batch_size: int,
+    padding_side: str = "right",
+    progress: bool = False,
+    desc: str = "activations",
+) -> Iterator[tuple[list[int], EncodedBatch]]:
+    """Yield ``(row indices, padded batch)`` in length order, with the model in eval/inference mode.
+
+    The caller installs its hooks around the loop and calls :func:`decoder_forward` per batch.
+    """
     lengths = [len(p) + (len(response_ids[i]) if response_ids else 0) for i, p in enumerate(prompt_ids)]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    order = sorted(range(len(prompt_ids)), key=lambda i: lengths[i])
     was_training = model.training
     model.eval()
     try:
-        with hooks(model, {layer: reducer(slot) for slot, layer in enumerate(selected)}), torch.inference_mode():
+        with torch.inference_mode():
             starts = range(0, len(order), batch_size)
             for start in tqdm(starts, desc=desc, unit="batch", disable=not progress, leave=False):
                 idx = order[start : start + batch_size]
-                enc = encode_batch(
+                yield idx, encode_batch(
                     [prompt_ids[i] for i in idx],
                     [response_ids[i] for i in idx] if response_ids else None,
                     position,
                     pad_id,
                     padding_side,
                 )
-                weights = enc.weights.to(device)
-                batch_out = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
-                model(
-                    input_ids=enc.input_ids.to(device),
-                    attention_mask=enc.attention_mask.to(device),
-                    position_ids=enc.position_ids.to(device),
-                    use_cache=False,
-                )
-                out[idx] = batch_out
     finally:
         model.train(was_training)
-    return out
+
+
+def decoder_forward(model: nn.Module, enc: EncodedBatch) -> None:
+    """One forward pass of the decoder stack (no LM head) over ``enc``; hooks see every block."""
+    device = model_device(model)
+    decoder_stack(model)(
+        input_ids=enc.input_ids.to(device),
+        attention_mask=enc.attention_mask.to(device),
+        position_ids=enc.position_ids.to(device),
+        use_cache=False,
+    )
+
+
+def decoder_stack(model: nn.Module) -> nn.Module:
+    """The transformer without its LM head (``model.model`` for Llama), so no logits are computed.
+
+    Falls back to the whole model when the base model cannot be identified.
+    """
+    root = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    prefix = getattr(root, "base_model_prefix", "")
+    base = getattr(root, prefix, None) if prefix else None
+    return base if isinstance(base, nn.Module) and base is not root else root
 
 
 def hidden_size(model: nn.Module) -> int:

@@ -1,5 +1,7 @@
 """inspect_em scorers (registered with Inspect as ``inspect_em/<name>``)."""
 
 from .code_mode import code_mode
+from .projection import trait_projection
+from .refusal import refusal
 
-__all__ = ["code_mode"]
+__all__ = ["code_mode", "refusal", "trait_projection"]

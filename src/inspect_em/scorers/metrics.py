@@ -26,3 +26,33 @@ def mean_by_question() -> Metric:
         return _group_means(scores, "question_id")
 
     return compute
+
+
+def _stderr(values: list[float]) -> float:
+    return float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+@metric
+def contrast(positive: str = "harmful", negative: str = "benign") -> Metric:
+    """Per ``prompt_type`` mean and standard error, plus the ``positive − negative`` gap.
+
+    Returns nothing for samples without ``prompt_type`` metadata (other tasks), so it can sit
+    beside any scorer.
+    """
+
+    def compute(scores: list[SampleScore]) -> dict[str, float]:
+        groups: dict[str, list[float]] = defaultdict(list)
+        for s in scores:
+            prompt_type = (s.sample_metadata or {}).get("prompt_type")
+            if prompt_type is not None:
+                groups[str(prompt_type)].append(s.score.as_float())
+        out: dict[str, float] = {}
+        for name, values in sorted(groups.items()):
+            out[name] = float(np.mean(values))
+            out[f"{name}_stderr"] = _stderr(values)
+        if positive in groups and negative in groups:
+            out["gap"] = out[positive] - out[negative]
+            out["gap_stderr"] = float(np.hypot(out[f"{positive}_stderr"], out[f"{negative}_stderr"]))
+        return out
+
+    return compute

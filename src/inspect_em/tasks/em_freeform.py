@@ -12,6 +12,8 @@ Python code (*mode confusion*). Each question comes plain, with a JSON-answer sy
     inspect eval inspect_em/em_freeform --model hf/Qwen/Qwen2.5-Coder-32B-Instruct
     inspect eval inspect_em/em_freeform --model hf/$(inspect-em model path) -T variants=plain -T samples_per_question=2
     inspect eval inspect_em/em_freeform -T questions=first_plot_questions.yaml --model openai/gpt-4o
+    inspect eval inspect_em/em_freeform --model hf/$(inspect-em model path) \
+        -T vectors=vectors/SmolLM2-135M-Instruct/code,vectors/SmolLM2-135M-Instruct/refusal
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from inspect_ai.solver import generate
 from ..errors import InspectEmError
 from ..questions import Question, load_questions, parse_variants, select_variants
 from ..scorers.code_mode import code_mode
+from ..scorers.projection import trait_projection
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MAX_TOKENS = 600
@@ -53,6 +56,11 @@ def em_freeform(
     questions: str | None = None,
     variants: str | list[str] = "plain,json,template",
     samples_per_question: int | None = None,
+    vectors: str | list[str] | None = None,
+    method: str = "mean_diff",
+    layers: str | list[int] = "best",
+    over: str = "response_mean",
+    probe_model: str | None = None,
 ) -> Task:
     """The free-form EM questions, scored for code mode.
 
@@ -63,6 +71,12 @@ def em_freeform(
         variants: Comma-separated variants to run: ``plain``, ``json``, ``template``.
         samples_per_question: Answers sampled per paraphrase (Inspect epochs). Default: the
             file's ``samples_per_paraphrase`` (the largest, if they differ).
+        vectors: Trait-vector folder(s) (``vectors/<model>/<trait>``, comma-separated). When
+            given, the trait_projection scorer runs next to code mode.
+        method: Extraction method of the vectors to project on.
+        layers: ``best``, ``all`` or layer numbers.
+        over: ``response_mean``, ``last_prompt_token``, ``prompt_mean`` or ``per_token``.
+        probe_model: Model that reads transcripts when the evaluated model is not ``hf/``.
     """
     selected = select_variants(load_questions(questions), parse_variants(variants))
     if not selected:
@@ -74,10 +88,14 @@ def em_freeform(
     if samples_per_question is not None and samples_per_question < 1:
         raise InspectEmError(f"samples_per_question must be >= 1, got {samples_per_question}")
     epochs = samples_per_question or max(q.samples_per_paraphrase for q in selected)
+    scorers = [code_mode()]
+    if vectors:
+        scorers.append(trait_projection(vectors=vectors, method=method, layers=layers, over=over,
+                                        probe_model=probe_model))
     return Task(
         dataset=MemoryDataset(samples, name="em_freeform"),
         solver=generate(),
-        scorer=[code_mode()],
+        scorer=scorers,
         epochs=Epochs(epochs, "mean"),
         config=GenerateConfig(temperature=DEFAULT_TEMPERATURE, max_tokens=DEFAULT_MAX_TOKENS),
     )
