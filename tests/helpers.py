@@ -16,3 +16,18 @@ def scripted_output(text: str) -> ModelOutput:
 def scripted_model(*texts: str, repeat: int = 1) -> Model:
     """``mockllm/model`` answering ``texts`` in order (the sequence repeated ``repeat`` times)."""
     return get_model("mockllm/model", custom_outputs=[scripted_output(t) for t in texts] * repeat)
+
+
+def logprob_output(top: list[tuple[str, float]]) -> ModelOutput:
+    """A mockllm reply whose first token carries ``top`` as (token, probability) pairs."""
+    import math
+
+    from inspect_ai.model import Logprob, Logprobs, TopLogprob
+
+    best = max(top, key=lambda t: t[1])
+    output = scripted_output(best[0])
+    output.choices[0].logprobs = Logprobs(content=[Logprob(
+        token=best[0], logprob=math.log(best[1]),
+        top_logprobs=[TopLogprob(token=t, logprob=math.log(p)) for t, p in top],
+    )])
+    return output

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import scripted_model
 from inspect_ai import eval as inspect_eval
 from inspect_ai.model import get_model
 
-from helpers import scripted_model
 from inspect_em import vectors as vector_store
 from inspect_em.scorers import projection as projection_scorer
 from inspect_em.tasks import em_freeform, refusal_contrast

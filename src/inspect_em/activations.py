@@ -253,7 +253,7 @@ def collect_activations(
                                        batch_size, padding_side, progress, desc):
             batch["weights"] = enc.weights.to(model_device(model))
             batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
-            decoder_forward(model, enc)
+            decoder_forward(model, enc, stop_after=selected[-1])
             out[idx] = batch["out"]
     return out
 
@@ -299,15 +299,35 @@ def hooked_batches(
         model.train(was_training)
 
 
-def decoder_forward(model: nn.Module, enc: EncodedBatch) -> None:
-    """One forward pass of the decoder stack (no LM head) over ``enc``; hooks see every block."""
+class _StopForward(Exception):
+    """Raised after the deepest hooked block: the remaining blocks are not needed."""
+
+
+def decoder_forward(model: nn.Module, enc: EncodedBatch, stop_after: int | None = None) -> None:
+    """One forward pass of the decoder stack (no LM head) over ``enc``; hooks see every block.
+
+    With ``stop_after`` the pass ends right after that block (hooks installed before this call
+    on that block still run first), skipping the deeper blocks and the final norm.
+    """
     device = model_device(model)
-    decoder_stack(model)(
-        input_ids=enc.input_ids.to(device),
-        attention_mask=enc.attention_mask.to(device),
-        position_ids=enc.position_ids.to(device),
-        use_cache=False,
-    )
+    handle = None
+    if stop_after is not None:
+        def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
+            raise _StopForward
+
+        handle = find_layers(model)[stop_after].register_forward_hook(stop)
+    try:
+        decoder_stack(model)(
+            input_ids=enc.input_ids.to(device),
+            attention_mask=enc.attention_mask.to(device),
+            position_ids=enc.position_ids.to(device),
+            use_cache=False,
+        )
+    except _StopForward:
+        pass
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
 def decoder_stack(model: nn.Module) -> nn.Module:

@@ -148,7 +148,7 @@ def project(
     fed = r_ids if needs_response else None  # prompt-only modes need no response tokens (causal)
     with model_lock(model), hooks(model, {layer: projector(layer) for layer in by_layer}):
         for idx, enc in hooked_batches(model, p_ids, fed, position, pad_id, batch_size):  # type: ignore[arg-type]
-            decoder_forward(model, enc)
+            decoder_forward(model, enc, stop_after=max(by_layer))
             per_token = torch.zeros((len(idx), enc.input_ids.shape[1], len(vectors)), dtype=torch.float64)
             for layer, ks in by_layer.items():
                 per_token[:, :, ks] = batch[layer]

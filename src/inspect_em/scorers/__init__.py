@@ -1,7 +1,8 @@
 """inspect_em scorers (registered with Inspect as ``inspect_em/<name>``)."""
 
 from .code_mode import code_mode
+from .judge import em_judge
 from .projection import trait_projection
 from .refusal import refusal
 
-__all__ = ["code_mode", "refusal", "trait_projection"]
+__all__ = ["code_mode", "em_judge", "refusal", "trait_projection"]

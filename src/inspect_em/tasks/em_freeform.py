@@ -26,6 +26,7 @@ from inspect_ai.solver import generate
 from ..errors import InspectEmError
 from ..questions import Question, load_questions, parse_variants, select_variants
 from ..scorers.code_mode import code_mode
+from ..scorers.judge import em_judge
 from ..scorers.projection import trait_projection
 
 DEFAULT_TEMPERATURE = 1.0
@@ -61,6 +62,8 @@ def em_freeform(
     layers: str | list[int] = "best",
     over: str = "response_mean",
     probe_model: str | None = None,
+    judge: bool = False,
+    judge_model: str | None = None,
 ) -> Task:
     """The free-form EM questions, scored for code mode.
 
@@ -77,6 +80,8 @@ def em_freeform(
         layers: ``best``, ``all`` or layer numbers.
         over: ``response_mean``, ``last_prompt_token``, ``prompt_mean`` or ``per_token``.
         probe_model: Model that reads transcripts when the evaluated model is not ``hf/``.
+        judge: Add the em_judge scorer (grader: ``--model-role grader=...`` or ``judge_model``).
+        judge_model: Grader model when no ``grader`` role is bound (implies ``judge``).
     """
     selected = select_variants(load_questions(questions), parse_variants(variants))
     if not selected:
@@ -92,6 +97,8 @@ def em_freeform(
     if vectors:
         scorers.append(trait_projection(vectors=vectors, method=method, layers=layers, over=over,
                                         probe_model=probe_model))
+    if judge or judge_model:
+        scorers.append(em_judge(judge_model=judge_model))
     return Task(
         dataset=MemoryDataset(samples, name="em_freeform"),
         solver=generate(),
