@@ -83,6 +83,39 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
     console.print(f"saved to {folder}")
 
 
+@cli.command("compare")
+@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder (reports/<name>/).")
+@click.option("--label", "labels", multiple=True, help="A name per log, in order (default: the model names).")
+@click.option("--base", default=None, help="Label of the base model (default: the first log's).")
+def compare_cmd(logs: tuple[Path, ...], out: Path, labels: tuple[str, ...], base: str | None) -> None:
+    """Compare base vs EM logs: report.md, summary.csv and plots with 95% bootstrap CIs.
+
+    LOGS are .eval files or folders of them; the first log's model is the base by default.
+    """
+    from rich.console import Console
+
+    from .report import compare, load_samples, reference_table, write_report
+
+    samples = load_samples(list(logs), labels=list(labels) or None)
+    comparison = compare(samples, base=base)
+    folder = write_report(comparison, out, [str(p) for p in logs])
+    console = Console()
+    table = reference_table(comparison)
+    if table is not None:
+        console.print(table.to_markdown(index=False))
+    pooled = comparison.summary
+    if not pooled.empty:
+        view = pooled[(pooled["model"] != comparison.base) & pooled["diff_vs_base"].notna()]
+        view = view[view["group"].isin(["(all)"]) | (view.groupby(["task", "metric", "model"])["group"]
+                                                      .transform("nunique") == 1)]
+        console.print(view[["task", "metric", "model", "n", "mean", "diff_vs_base", "diff_ci_low", "diff_ci_high"]]
+                      .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+    for line in comparison.mismatches:
+        console.print(f"[yellow]mismatch:[/yellow] {line}")
+    console.print(f"report: {folder / 'report.md'}")
+
+
 def main() -> None:
     """Entry point: one-line errors for user mistakes, exit code 2."""
     try:

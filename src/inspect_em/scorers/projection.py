@@ -89,7 +89,7 @@ def _hf_api_of(model: Any) -> Any | None:
 class _Batcher:
     """Collect concurrent score() requests and run them as batched forward passes in a thread."""
 
-    def __init__(self, run: Any, batch_size: int, window_s: float = 0.05) -> None:
+    def __init__(self, run: Any, batch_size: int, window_s: float = 0.25) -> None:
         self.run, self.batch_size, self.window_s = run, batch_size, window_s
         self.pending: list[tuple[Any, asyncio.Future[Any]]] = []
         self.worker: asyncio.Task[None] | None = None

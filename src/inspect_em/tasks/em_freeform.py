@@ -33,11 +33,13 @@ DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MAX_TOKENS = 600
 
 
-def record_to_sample(question: Question, paraphrase_index: int) -> Sample:
-    """One paraphrase of one question → a Sample (system prompt first when the question has one)."""
+def record_to_sample(question: Question, paraphrase_index: int, system_prompt: str | None = None) -> Sample:
+    """One paraphrase of one question → a Sample; ``system_prompt`` then the question's own
+    system prompt (if any) form the system message."""
     messages: list[ChatMessage] = []
-    if question.system:
-        messages.append(ChatMessageSystem(content=question.system))
+    system = "\n\n".join(s for s in (system_prompt, question.system) if s)
+    if system:
+        messages.append(ChatMessageSystem(content=system))
     messages.append(ChatMessageUser(content=question.paraphrases[paraphrase_index]))
     return Sample(
         id=f"{question.id}__p{paraphrase_index}",
@@ -57,6 +59,7 @@ def em_freeform(
     questions: str | None = None,
     variants: str | list[str] = "plain,json,template",
     samples_per_question: int | None = None,
+    system_prompt: str | None = None,
     vectors: str | list[str] | None = None,
     method: str = "mean_diff",
     layers: str | list[int] = "best",
@@ -74,6 +77,8 @@ def em_freeform(
         variants: Comma-separated variants to run: ``plain``, ``json``, ``template``.
         samples_per_question: Answers sampled per paraphrase (Inspect epochs). Default: the
             file's ``samples_per_paraphrase`` (the largest, if they differ).
+        system_prompt: A system prompt put before every question (e.g. to elicit code mode as a
+            positive control); a question's own system prompt follows it.
         vectors: Trait-vector folder(s) (``vectors/<model>/<trait>``, comma-separated). When
             given, the trait_projection scorer runs next to code mode.
         method: Extraction method of the vectors to project on.
@@ -88,7 +93,7 @@ def em_freeform(
         source = questions or "the built-in question set"
         raise InspectEmError(f"{source}: no questions of variant(s) {variants}")
     samples = [
-        record_to_sample(q, i) for q in selected for i in range(len(q.paraphrases))
+        record_to_sample(q, i, system_prompt) for q in selected for i in range(len(q.paraphrases))
     ]
     if samples_per_question is not None and samples_per_question < 1:
         raise InspectEmError(f"samples_per_question must be >= 1, got {samples_per_question}")

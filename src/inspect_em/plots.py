@@ -1,0 +1,136 @@
+"""Comparison plots (matplotlib, headless): rates per question, projection distributions,
+layer profiles of the projection difference."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+if TYPE_CHECKING:
+    from .report import Comparison
+
+RATES = ("code_mode", "judge:misaligned")
+_LAYER_RE = re.compile(r"^proj:(?P<trait>[^/]+)/(?P<method>[^/]+)/L(?P<layer>\d+)$")
+
+
+def write_all(c: Comparison, folder: Path) -> list[str]:
+    """Write every plot the data supports; returns the file names."""
+    written = []
+    for name, fn in (("rates.png", rates), ("projections.png", projections), ("layer_profile.png", layer_profile)):
+        fig = fn(c)
+        if fig is not None:
+            fig.savefig(folder / name, dpi=110, bbox_inches="tight")
+            plt.close(fig)
+            written.append(name)
+    return written
+
+
+def rates(c: Comparison) -> plt.Figure | None:
+    """Code-mode and misaligned rates per question, bars per model with 95% bootstrap CIs."""
+    s = c.summary
+    if s.empty:
+        return None
+    metrics = [m for m in RATES if (s["metric"] == m).any()]
+    if not metrics:
+        return None
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(11, 3.6 * len(metrics)), squeeze=False)
+    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+        sel = s[s["metric"] == metric]
+        groups = list(dict.fromkeys(sel["task"] + ": " + sel["group"]))
+        width = 0.8 / len(c.labels)
+        for k, label in enumerate(c.labels):
+            rows = sel[sel["model"] == label].assign(key=lambda d: d["task"] + ": " + d["group"]).set_index("key")
+            rows = rows.reindex(groups)
+            x = np.arange(len(groups)) + k * width
+            err = np.vstack([rows["mean"] - rows["ci_low"], rows["ci_high"] - rows["mean"]]).clip(min=0)
+            ax.bar(x, rows["mean"].fillna(0), width, yerr=np.nan_to_num(err), capsize=2, label=label)
+        ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, groups, rotation=35, ha="right", fontsize=8)
+        ax.set_ylabel(f"{metric} rate")
+        ax.set_ylim(0, 1.05)
+        ax.legend(fontsize=8)
+        ax.set_title(f"{metric} rate per question (95% bootstrap CI)")
+    fig.tight_layout()
+    return fig
+
+
+def projections(c: Comparison) -> plt.Figure | None:
+    """Distributions of projections per group type, base vs each model: for each task and
+    trait/method, the layer with the clearest shift."""
+    df = c.samples
+    keys = [k for k in df.columns if k.startswith("proj:") and df[k].notna().any()]
+    if not keys:
+        return None
+    panels = _informative_keys(c, keys)[:6]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
+    for ax, (task, key) in zip(axes[:, 0], panels, strict=True):
+        tdf = df[df["task"] == task]
+        groups = sorted(tdf["group"].unique()) if task == "refusal_contrast" else ["(all)"]
+        data, names = [], []
+        for group in groups:
+            gdf = tdf if group == "(all)" else tdf[tdf["group"] == group]
+            for label in c.labels:
+                values = gdf.loc[gdf["label"] == label, key].dropna().to_numpy()
+                if len(values):
+                    data.append(values)
+                    names.append(f"{group}\n{label}")
+        if not data:
+            continue
+        ax.violinplot(data, showmeans=True)
+        ax.set_xticks(np.arange(1, len(names) + 1), names, fontsize=7)
+        ax.set_ylabel("projection")
+        ax.set_title(f"{task}: {key[5:]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _informative_keys(c: Comparison, keys: list[str]) -> list[tuple[str, str]]:
+    """Per task and trait/method, the layer whose shift vs base is largest relative to its CI."""
+    s = c.summary
+    chosen: dict[tuple[str, str], tuple[float, str]] = {}
+    for task in sorted(c.samples["task"].unique()):
+        for key in keys:
+            match = _LAYER_RE.match(key)
+            family = f"{match['trait']}/{match['method']}" if match else key
+            rows = s[(s["task"] == task) & (s["metric"] == key) & s["diff_vs_base"].notna()]
+            if not c.samples.loc[c.samples["task"] == task, key].notna().any():
+                continue
+            width = (rows["diff_ci_high"] - rows["diff_ci_low"]).abs().max() if len(rows) else np.nan
+            strength = float(rows["diff_vs_base"].abs().max() / width) if len(rows) and width > 0 else 0.0
+            if (task, family) not in chosen or strength > chosen[(task, family)][0]:
+                chosen[(task, family)] = (strength, key)
+    return [(task, key) for (task, _), (_, key) in chosen.items()]
+
+
+def layer_profile(c: Comparison) -> plt.Figure | None:
+    """Mean projection difference (model − base) per layer, 95% CI band, per trait/method/task."""
+    s = c.summary
+    if s.empty:
+        return None
+    sel = s[s["metric"].str.match(_LAYER_RE) & (s["model"] != c.base) & s["diff_vs_base"].notna()]
+    pooled = sel[(sel["group"] == "(all)") | ~sel["task"].isin(sel.loc[sel["group"] == "(all)", "task"])]
+    if pooled.empty:
+        return None
+    parsed = pooled["metric"].str.extract(_LAYER_RE)
+    pooled = pooled.assign(trait=parsed["trait"], method=parsed["method"], layer=parsed["layer"].astype(int))
+    series = list(pooled.groupby(["task", "trait", "method", "model"]))
+    if all(len(g) < 2 for _, g in series):
+        return None
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    for (task, trait, method, model), g in series:
+        g = g.sort_values("layer")
+        line = ax.plot(g["layer"], g["diff_vs_base"], marker="o", ms=3, label=f"{task} {trait}/{method}: {model}")
+        ax.fill_between(g["layer"], g["diff_ci_low"], g["diff_ci_high"], alpha=0.2, color=line[0].get_color())
+    ax.axhline(0, color="black", lw=0.8)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"projection difference vs {c.base}")
+    ax.set_title("Layer profile of the projection shift (95% bootstrap CI)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
