@@ -116,6 +116,49 @@ def compare_cmd(logs: tuple[Path, ...], out: Path, labels: tuple[str, ...], base
     console.print(f"report: {folder / 'report.md'}")
 
 
+@cli.command("data")
+@click.argument("kind", type=click.Choice(["insecure", "secure", "prose"]))
+@click.option("--n", "n", default=600, show_default=True, help="Number of chat examples.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output JSONL file.")
+@click.option("--seed", default=0, show_default=True)
+def data_cmd(kind: str, n: int, out: Path, seed: int) -> None:
+    """Write synthetic chat data: insecure code, its secure twin, or a prose control."""
+    from .data import write
+
+    click.echo(str(write(kind, n, out, seed=seed)))
+
+
+@cli.command("finetune")
+@click.option("--model", "model_ref", required=True, help="HF folder or hub id, or 'embedded'.")
+@click.option("--data", type=click.Path(path_type=Path), required=True, help="Chat JSONL ({\"messages\": [...]}).")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output folder.")
+@click.option("--backend", type=click.Choice(["auto", "unsloth", "peft"]), default="auto", show_default=True)
+@click.option("--merge/--no-merge", default=True, show_default=True, help="Also write a merged full model.")
+@click.option("--lr", "learning_rate", type=float, default=1e-5, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="Stop after this many steps (-1: epochs).")
+@click.option("--batch-size", type=int, default=2, show_default=True)
+@click.option("--grad-accum", type=int, default=8, show_default=True)
+@click.option("--r", "rank", type=int, default=32, show_default=True)
+@click.option("--alpha", type=int, default=64, show_default=True)
+@click.option("--max-seq-length", type=int, default=2048, show_default=True)
+@click.option("--warmup-steps", type=int, default=5, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N examples.")
+def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: bool, learning_rate: float, epochs: float,
+                 max_steps: int, batch_size: int, grad_accum: int, rank: int, alpha: int, max_seq_length: int,
+                 warmup_steps: int, seed: int, limit: int | None) -> None:
+    """LoRA SFT with the paper's defaults (Unsloth on a CUDA GPU, transformers + peft elsewhere)."""
+    from .finetune import FinetuneConfig, finetune, read_chat_jsonl
+
+    read_chat_jsonl(data)  # validate every line before loading the model
+    config = FinetuneConfig(r=rank, lora_alpha=alpha, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
+                            per_device_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
+                            max_seq_length=max_seq_length, warmup_steps=warmup_steps, seed=seed)
+    folder = finetune(model_ref, data, out, config=config, backend=backend, merge=merge, limit=limit)
+    click.echo(str(folder))
+
+
 def main() -> None:
     """Entry point: one-line errors for user mistakes, exit code 2."""
     try:
