@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 # Reference material beside the checkout, used by tests that skip cleanly without it.
 export INSPECT_EM_REFERENCE ?= $(abspath $(wildcard ../shared/em-reference))
 
-.PHONY: setup model demo test lint clean
+.PHONY: setup model demo em-demo test lint clean
 
 setup: $(VENV)/.installed
 
@@ -45,3 +45,8 @@ lint: setup
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+
+# End-to-end EM detection on the embedded model (about half an hour on 2 CPU cores):
+# vectors, base evals, LoRA finetunes on insecure / secure / prose data, evals, compare.
+em-demo: model
+	$(BIN)/inspect-em demo --out runs/em-demo

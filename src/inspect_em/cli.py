@@ -159,6 +159,29 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
     click.echo(str(folder))
 
 
+@cli.command("demo")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("runs/em-demo"), show_default=True)
+@click.option("--n", "n_examples", default=120, show_default=True, help="Examples per finetuning set.")
+@click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--grad-accum", type=int, default=2, show_default=True)
+@click.option("--samples", "samples_per_question", default=2, show_default=True, help="Answers per question.")
+@click.option("--max-tokens", default=80, show_default=True)
+@click.option("--variants", default="plain", show_default=True)
+@click.option("--sets", default="insecure,secure,prose", show_default=True, help="Finetuning sets to run.")
+def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, grad_accum: int,
+             samples_per_question: int, max_tokens: int, variants: str, sets: str) -> None:
+    """End-to-end EM detection on the embedded model: vectors, evals, LoRA finetunes, compare.
+
+    The defaults fit 2 CPU cores in about half an hour; scale --n/--epochs/--samples on a GPU.
+    """
+    from .demo import DemoConfig, run_demo
+
+    config = DemoConfig(n_examples=n_examples, learning_rate=learning_rate, epochs=epochs, grad_accum=grad_accum,
+                        samples_per_question=samples_per_question, max_tokens=max_tokens, variants=variants)
+    run_demo(out, config, models=tuple(x.strip() for x in sets.split(",") if x.strip()))
+
+
 def main() -> None:
     """Entry point: one-line errors for user mistakes, exit code 2."""
     try:

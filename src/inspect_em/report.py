@@ -193,9 +193,13 @@ def compare(df: pd.DataFrame, base: str | None = None) -> Comparison:
     return Comparison(df, base, labels, summary, mismatches)
 
 
-def reference_table(comparison: Comparison, other: str | None = None) -> pd.DataFrame | None:
+def reference_table(comparison: Comparison, other: str | None = None, metric: str | None = None) -> pd.DataFrame | None:
     """The reference experiment's table: prompt type × (base, EM, difference) for the refusal
-    projection of refusal_contrast logs; None without such logs."""
+    projection of refusal_contrast logs; None without such logs.
+
+    ``metric`` defaults to the refusal projection with the largest harmful − benign gap in the
+    base model (the layer where the vector works best on these prompts).
+    """
     s = comparison.summary
     if s.empty:
         return None
@@ -203,7 +207,11 @@ def reference_table(comparison: Comparison, other: str | None = None) -> pd.Data
     rc = rc[rc["group"].isin(["harmful", "benign"])]
     if rc.empty:
         return None
-    metric = sorted(rc["metric"].unique())[0]
+    if metric is None:
+        base_rows = rc[rc["model"] == comparison.base].pivot_table(index="metric", columns="group", values="mean")
+        if not {"harmful", "benign"} <= set(base_rows.columns):
+            return None
+        metric = str((base_rows["harmful"] - base_rows["benign"]).idxmax())
     other = other or next((m for m in comparison.labels if m != comparison.base and m in set(rc["model"])), None)
     if other is None:
         return None
