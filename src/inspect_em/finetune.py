@@ -20,14 +20,18 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from . import __version__
 from .errors import InspectEmError
+from .jsonl import read_jsonl
 from .paths import atomic_dir
 
 IGNORE_INDEX = -100
@@ -61,18 +65,8 @@ class FinetuneConfig:
 
 def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
     """Read ``{"messages": [...]}`` lines; a bad line is a one-line error with its number."""
-    path = Path(path)
-    if not path.is_file():
-        raise InspectEmError(f"{path}: data file not found")
     chats = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InspectEmError(f"{where}: not valid JSON ({e.msg})") from None
+    for where, record in read_jsonl(path, what="data file"):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages:
             raise InspectEmError(f"{where}: expected {{\"messages\": [...]}} with a non-empty list")
@@ -84,8 +78,6 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict[str, str]]]:
         if "user" not in roles or "assistant" not in roles:
             raise InspectEmError(f"{where}: needs at least one user and one assistant turn")
         chats.append([{"role": m["role"], "content": m["content"]} for m in messages])
-    if not chats:
-        raise InspectEmError(f"{path}: data file is empty")
     return chats
 
 
@@ -201,9 +193,6 @@ def finetune(
             self.last = time.perf_counter()
             self.tokens = 0
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            return None
-
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
             if not logs or "loss" not in logs:
                 return
@@ -247,11 +236,7 @@ def finetune(
             merged = model.merge_and_unload()
             merged.save_pretrained(tmp / "merged", safe_serialization=True)
             tokenizer.save_pretrained(tmp / "merged")
-        import shutil
-
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
-        import pandas as pd
-
         pd.DataFrame(rows_log, columns=["step", "loss", "lr", "tokens_per_s"]).to_csv(tmp / "train_log.csv",
                                                                                      index=False)
         card = {

@@ -17,7 +17,6 @@ Prompt files are JSONL, one ``{"prompt": "..."}`` per line.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -27,6 +26,7 @@ import yaml
 
 from .activations import POSITIONS
 from .errors import InspectEmError
+from .jsonl import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -87,23 +87,12 @@ class Trait:
 
 def load_prompts(path: Path) -> list[str]:
     """Read a JSONL prompt file; one-line errors for missing/empty/malformed files."""
-    path = Path(path)
-    if not path.is_file():
-        raise InspectEmError(f"{path}: prompt file not found")
     prompts = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InspectEmError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    for where, record in read_jsonl(path, what="prompt file"):
         prompt = record.get("prompt") if isinstance(record, dict) else None
         if not isinstance(prompt, str) or not prompt.strip():
-            raise InspectEmError(f"{path}:{number}: expected {{\"prompt\": \"...\"}} with a non-empty string")
+            raise InspectEmError(f"{where}: expected {{\"prompt\": \"...\"}} with a non-empty string")
         prompts.append(prompt)
-    if not prompts:
-        raise InspectEmError(f"{path}: prompt file is empty")
     return prompts
 
 
