@@ -88,12 +88,16 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, models: tuple[st
     def evaluate(label: str, path: Path) -> None:
         hf = get_model(f"hf/{path}")
         both = f"{vector_dirs['code']},{vector_dirs['refusal']}"
+        # one eval call per task: an eval-level max_tokens would override each task's own
         logs = inspect_eval(
-            [em_freeform(variants=cfg.variants, samples_per_question=cfg.samples_per_question, vectors=both,
-                         layers="all", over="response_mean"),
-             refusal_contrast(vectors=str(vector_dirs["refusal"]), layers="all", over="last_prompt_token",
-                              max_tokens=cfg.refusal_max_tokens)],
+            em_freeform(variants=cfg.variants, samples_per_question=cfg.samples_per_question, vectors=both,
+                        layers="all", over="response_mean"),
             model=hf, max_tokens=cfg.max_tokens, seed=cfg.seed, log_dir=str(out / "logs" / label), display="none",
+        )
+        logs += inspect_eval(
+            refusal_contrast(vectors=str(vector_dirs["refusal"]), layers="all", over="last_prompt_token",
+                             max_tokens=cfg.refusal_max_tokens),
+            model=hf, seed=cfg.seed, log_dir=str(out / "logs" / label), display="none",
         )
         for log in logs:
             if log.status != "success":
