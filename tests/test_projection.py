@@ -1,6 +1,7 @@
 """trait_projection inside Inspect evals: exact values, probe models, one shared hf model."""
 
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -103,3 +104,26 @@ def test_dimension_mismatch_is_a_clear_error(tiny_model_dir: Path, tmp_path: Pat
     log = inspect_eval(refusal_contrast(vectors=str(folder)), model=f"hf/{embedded_model_path}", limit=2,
                        max_tokens=4, log_dir=str(tmp_path), display="none")[0]
     assert log.status == "error" and "d_model 64 but the" in log.error.message
+
+
+def test_inspect_score_by_path_with_probe_model(tmp_path: Path):
+    """`inspect score LOG --scorer scorers/projection.py -S vectors=<relative path>` on a foreign log."""
+    import subprocess
+    import sys
+
+    from inspect_ai import Task
+    from inspect_ai.dataset import Sample
+    from inspect_ai.log import read_eval_log
+
+    foreign = Task(dataset=[Sample(input="hello", id="a"), Sample(input="write code", id="b")])
+    model = scripted_model("```python\nimport os\nprint(os.listdir('.'))\n```", "Hello! Nice to meet you.")
+    log = inspect_eval(foreign, model=model, log_dir=str(tmp_path), display="none")[0]
+    out = tmp_path / "scored.eval"
+    subprocess.run(
+        [sys.executable, "-m", "inspect_ai", "score", log.location, "--scorer", "scorers/projection.py",
+         "-S", "vectors=vectors/SmolLM2-135M-Instruct/code", "-S", "probe_model=embedded",
+         "--output-file", str(out), "--display", "none"],
+        cwd=ROOT, check=True, capture_output=True, text=True, env={**os.environ, "PWD": str(ROOT)},
+    )
+    values = {s.id: s.scores["trait_projection"].value["code/mean_diff/L22"] for s in read_eval_log(str(out)).samples}
+    assert values["a"] > values["b"]  # the code answer reads as code, the greeting as prose

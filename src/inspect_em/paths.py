@@ -55,3 +55,19 @@ def _default_permissions(folder: Path) -> None:
         os.chmod(root, 0o777 & ~umask)
         for name in names:
             os.chmod(os.path.join(root, name), 0o666 & ~umask)
+
+
+def user_path(path: str | Path) -> Path:
+    """A path the user typed, resolved against where they typed it.
+
+    Inspect changes the working directory to a task or scorer file's folder while loading it
+    (``inspect eval tasks/em_freeform.py -T vectors=vectors/...``), so a relative path that does
+    not exist from there is tried against the shell's directory (``$PWD``) too.
+    """
+    path = Path(path).expanduser()
+    if path.is_absolute() or path.exists():
+        return path
+    shell_dir = os.environ.get("PWD")
+    if shell_dir and (Path(shell_dir) / path).exists():
+        return Path(shell_dir) / path
+    return path

@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from .errors import InspectEmError
+from .paths import user_path
 
 VARIANTS: tuple[str, ...] = ("plain", "json", "template")
 _SUFFIXES = {"json": "_json", "template": "_template"}
@@ -119,7 +120,7 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
     Raises:
         InspectEmError: one line naming the file and the entry/field at fault.
     """
-    path = Path(path) if path is not None else builtin_questions_path()
+    path = user_path(path) if path is not None else builtin_questions_path()
     if not path.is_file():
         raise InspectEmError(f"{path}: question file not found")
     try:

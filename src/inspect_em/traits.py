@@ -27,6 +27,7 @@ import yaml
 from .activations import POSITIONS
 from .errors import InspectEmError
 from .jsonl import read_jsonl
+from .paths import user_path
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def builtin_traits() -> list[str]:
 
 def load_trait(name_or_path: str | Path) -> Trait:
     """A built-in trait by name (``refusal``, ``code``) or a trait YAML by path."""
-    path = Path(name_or_path)
+    path = user_path(name_or_path)
     if not path.suffix and not path.exists():
         candidate = builtin_traits_dir() / f"{name_or_path}.yaml"
         if not candidate.is_file():

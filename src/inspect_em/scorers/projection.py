@@ -32,6 +32,7 @@ from inspect_ai.solver import TaskState
 from .. import vectors as vector_store
 from ..activations import chat_prompt_ids, pad_token_id
 from ..errors import InspectEmError
+from ..paths import user_path
 from ..projection import OVER, ProbeVector, check_vectors, project, select_vectors
 from .metrics import contrast
 
@@ -47,7 +48,7 @@ def parse_vector_paths(vectors: str | Sequence[str] | None) -> list[Path]:
     if vectors is None or (isinstance(vectors, str) and not vectors.strip()):
         raise InspectEmError("trait_projection needs vectors= (a vectors/<model>/<trait> folder, or several)")
     items = vectors.split(",") if isinstance(vectors, str) else list(vectors)
-    return [Path(v.strip()) for v in items if str(v).strip()]
+    return [user_path(str(v).strip()) for v in items if str(v).strip()]
 
 
 def _probe_model(ref: str, device: str, dtype: str) -> tuple[Any, Any, str]:
