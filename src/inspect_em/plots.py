@@ -119,18 +119,19 @@ def layer_profile(c: Comparison) -> plt.Figure | None:
         return None
     parsed = pooled["metric"].str.extract(_LAYER_RE)
     pooled = pooled.assign(trait=parsed["trait"], method=parsed["method"], layer=parsed["layer"].astype(int))
-    series = list(pooled.groupby(["task", "trait", "method", "model"]))
-    if all(len(g) < 2 for _, g in series):
+    panels = list(pooled.groupby(["task", "trait", "method"]))
+    if all(len(g) < 2 * g["model"].nunique() for _, g in panels):
         return None
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    for (task, trait, method, model), g in series:
-        g = g.sort_values("layer")
-        line = ax.plot(g["layer"], g["diff_vs_base"], marker="o", ms=3, label=f"{task} {trait}/{method}: {model}")
-        ax.fill_between(g["layer"], g["diff_ci_low"], g["diff_ci_high"], alpha=0.2, color=line[0].get_color())
-    ax.axhline(0, color="black", lw=0.8)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"projection difference vs {c.base}")
-    ax.set_title("Layer profile of the projection shift (95% bootstrap CI)")
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.4 * len(panels)), squeeze=False)
+    for ax, ((task, trait, method), panel) in zip(axes[:, 0], panels, strict=True):
+        for model, g in panel.groupby("model", sort=False):
+            g = g.sort_values("layer")
+            line = ax.plot(g["layer"], g["diff_vs_base"], marker="o", ms=3, label=f"{model} − {c.base}")
+            ax.fill_between(g["layer"], g["diff_ci_low"], g["diff_ci_high"], alpha=0.2, color=line[0].get_color())
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("projection difference")
+        ax.set_title(f"{task}: {trait}/{method} shift vs {c.base} (95% bootstrap CI)", fontsize=9)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
