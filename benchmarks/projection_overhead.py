@@ -26,8 +26,10 @@ ROOT = Path(__file__).parent.parent
                                   f"{ROOT}/vectors/SmolLM2-135M-Instruct/refusal", show_default=True)
 @click.option("--samples", default=1, show_default=True, help="Answers per question (epochs).")
 @click.option("--max-tokens", default=120, show_default=True)
+@click.option("--over", default="response_mean", show_default=True,
+              help="Projection position: response_mean, last_prompt_token, prompt_mean, per_token.")
 @click.option("--repeats", default=2, show_default=True)
-def main(model_ref: str, vectors: str, samples: int, max_tokens: int, repeats: int) -> None:
+def main(model_ref: str, vectors: str, samples: int, max_tokens: int, over: str, repeats: int) -> None:
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
 
@@ -40,7 +42,7 @@ def main(model_ref: str, vectors: str, samples: int, max_tokens: int, repeats: i
 
     def run(label: str) -> None:
         task = em_freeform(variants="plain", samples_per_question=samples,
-                           vectors=vectors if label == "with" else None)
+                           vectors=vectors if label == "with" else None, over=over)
         with tempfile.TemporaryDirectory() as logs:
             start = time.perf_counter()
             log = inspect_eval(task, model=model, seed=0, max_tokens=max_tokens, log_dir=logs, display="none")[0]
@@ -54,7 +56,8 @@ def main(model_ref: str, vectors: str, samples: int, max_tokens: int, repeats: i
         run("without")
         run("with")
     without, with_ = statistics.median(times["without"]), statistics.median(times["with"])
-    print(f"em_freeform, 8 questions x {samples} sample(s), max_tokens {max_tokens}, seed 0, median of {repeats}")
+    print(f"em_freeform, 8 questions x {samples} sample(s), max_tokens {max_tokens}, over={over}, seed 0, "
+          f"median of {repeats}")
     print(f"without projections: {without:7.2f} s  ({tokens['without']} output tokens)")
     print(f"with projections:    {with_:7.2f} s  ({tokens['with']} output tokens)")
     print(f"ratio with/without:  {with_ / without:7.3f}  (target <= 1.10 on CPU)")
