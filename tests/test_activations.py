@@ -10,6 +10,7 @@ from inspect_em.activations import (
     collect_activations,
     encode_batch,
     find_layers,
+    hook_name,
     hooks,
     resolve_layers,
 )
@@ -89,9 +90,13 @@ def test_hooks_are_removed_even_on_error(embedded_model):
     ids = torch.tensor([chat_prompt_ids(tokenizer, "hello")])
     before = _hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
-        with hooks(model, {5: explode, 7: explode}):
+        with hooks(model, {5: explode, hook_name(7): explode}):
             assert _hook_counts(model)[5] == before[5] + 1
             model(ids)
+    assert _hook_counts(model) == before
+    with pytest.raises(InspectEmError, match="unknown hook point 'blocks.x'"):
+        with hooks(model, {"blocks.x": explode}):
+            pass
     assert _hook_counts(model) == before
 
 

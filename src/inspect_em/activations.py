@@ -107,16 +107,28 @@ def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
-@contextmanager
-def hooks(model: nn.Module, fns: dict[int, Callable[[torch.Tensor], None]]) -> Iterator[None]:
-    """Run ``fns[layer](resid_post)`` on each listed block's output; always removes the hooks.
+def _hook_layer(key: int | str, n_layers: int) -> int:
+    """A layer index from an int or a hook-point name (``blocks.5.hook_resid_post``)."""
+    if isinstance(key, str):
+        parts = key.split(".")
+        if len(parts) != 3 or parts[0] != "blocks" or parts[2] != "hook_resid_post" or not parts[1].isdigit():
+            raise InspectEmError(f"unknown hook point '{key}' (expected {hook_name(0).replace('0', 'N')})")
+        key = int(parts[1])
+    return resolve_layers(n_layers, [key])[0]
 
-    ``resid_post`` is the block output ``[batch, seq, d_model]`` in the model's dtype.
+
+@contextmanager
+def hooks(model: nn.Module, fns: dict[int | str, Callable[[torch.Tensor], None]]) -> Iterator[None]:
+    """Run ``fns[point](resid_post)`` on each listed block's output; always removes the hooks.
+
+    Keys are layer indices or hook-point names (``blocks.{i}.hook_resid_post``); ``resid_post``
+    is the block output ``[batch, seq, d_model]`` in the model's dtype.
     """
     blocks = find_layers(model)
     handles = []
     try:
-        for layer, fn in fns.items():
+        for key, fn in fns.items():
+            layer = _hook_layer(key, len(blocks))
             def hook(_module: nn.Module, _inputs: Any, output: Any, fn=fn) -> None:
                 fn(_block_output(output))
 

@@ -24,7 +24,6 @@ from .paths import atomic_dir
 ALL = "(all)"
 SCALAR_SCORES = {"score_code_mode": "code_mode", "score_refusal": "refusal"}
 DICT_SCORES = {"score_trait_projection": "proj", "score_em_judge": "judge"}
-RATE_METRICS = ("code_mode", "refusal", "judge:misaligned", "judge:judge_code", "judge:judge_refusal")
 
 
 def _log_files(paths: Sequence[str | Path]) -> list[str]:
