@@ -5,8 +5,9 @@ decoder block ``i`` (0-based). Hooks are installed by a context manager that alw
 even when the forward pass raises.
 
 Each hook reduces its block's output ``[batch, seq, d_model]`` to ``[batch, d_model]`` on the spot
-(a weighted sum over positions, in float32), so memory holds one batch's hidden states for one
-layer at a time plus the ``[batch, n_layers, d_model]`` result, never ``seq × layers``.
+(a weighted sum over positions, accumulated in float64 and stored as float32), so memory holds
+one batch's hidden states for one layer at a time plus the ``[batch, n_layers, d_model]`` result,
+never ``seq × layers``.
 
 Positions:
 - ``last_prompt_token``: the last token of the chat-formatted prompt, i.e. after the template's

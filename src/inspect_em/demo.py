@@ -74,10 +74,11 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, models: tuple[st
 
     step("extracting refusal and code vectors (6 methods x 30 layers)")
     model, tokenizer, model_id = load_hf_model(str(base_path))
-    vector_dirs = {}
+    vector_dirs, best = {}, {}
     for trait in ("refusal", "code"):
         tv = extract_trait_vectors(model, tokenizer, load_trait(trait), model_id=embedded.MODEL_NAME)
         vector_dirs[trait] = vector_store.save(tv, out / "vectors" / trait)
+        best[trait] = tv.best_layer("mean_diff")
         step(f"  {trait}: mean_diff best layer {tv.best_layer('mean_diff')}, "
              f"held-out AUROC {tv.card['best']['mean_diff']['heldout_auroc']:.3f}")
     del model
@@ -127,7 +128,6 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, models: tuple[st
     if "prose" in models and "insecure" in models:
         vs_prose = compare(samples, base="prose")
         write_report(vs_prose, out / "report_vs_prose", logs)
-    best = {trait: vector_store.load(folder).best_layer("mean_diff") for trait, folder in vector_dirs.items()}
     table = reference_table(vs_base, other="insecure" if "insecure" in models else None,
                             metric=f"proj:refusal/mean_diff/L{best['refusal']}")
     if table is not None:

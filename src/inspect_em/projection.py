@@ -118,10 +118,6 @@ def project(
     """
     if over not in OVER:
         raise InspectEmError(f"unknown over='{over}'; choose from {', '.join(OVER)}")
-    n_layers = len(find_layers(model))
-    for v in vectors:
-        if not 0 <= v.layer < n_layers:
-            raise InspectEmError(f"{v.key}: layer {v.layer} is out of range for a {n_layers}-layer model")
     needs_response = over in ("response_mean", "per_token")
     keep = [i for i in range(len(prompt_ids)) if response_ids[i] or not needs_response]
     results: list[Projection | None] = [None] * len(prompt_ids)

@@ -62,15 +62,12 @@ def load_samples(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
     if samples.empty:
         raise InspectEmError("the logs hold no samples")
     df = samples.merge(evals.rename(columns={"log": "eval_log"}), on="eval_id", how="left")
-    order = list(dict.fromkeys(evals.set_index("log").loc[files, "model"])) if labels is None else None
-    if labels is not None:
-        if len(labels) != len(files):
-            raise InspectEmError(f"{len(labels)} labels for {len(files)} logs")
-        by_log = dict(zip(files, labels, strict=True))
-        df["label"] = df["eval_log"].map(by_log)
-    else:
-        df["label"] = df["model"].map(_short_model)
-        order = [_short_model(m) for m in order or []]
+    if labels is None:
+        model_of = evals.set_index("log")["model"]
+        labels = [_short_model(model_of[f]) for f in files]
+    elif len(labels) != len(files):
+        raise InspectEmError(f"{len(labels)} labels for {len(files)} logs")
+    df["label"] = df["eval_log"].map(dict(zip(files, labels, strict=True)))
     df["task"] = df["task_name"].str.replace("inspect_em/", "", regex=False)
     group = pd.Series(ALL, index=df.index)
     for column in ("metadata_prompt_type", "metadata_question_id"):
@@ -86,7 +83,7 @@ def load_samples(paths: Sequence[str | Path], labels: Sequence[str] | None = Non
             expanded = pd.DataFrame([_expand(v) for v in df[column]], index=df.index)
             for key in expanded.columns:
                 out[f"{prefix}:{key}"] = expanded[key].astype(float)
-    out.attrs["label_order"] = list(dict.fromkeys(labels)) if labels is not None else order
+    out.attrs["label_order"] = list(dict.fromkeys(labels))
     return out
 
 
