@@ -7,7 +7,7 @@ import torch
 
 from inspect_em import embedded
 from inspect_em.errors import InspectEmError
-from inspect_em.paths import atomic_dir
+from inspect_em.paths import atomic_output
 
 
 def test_path_without_prepare_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -16,15 +16,15 @@ def test_path_without_prepare_says_how_to_fix(tmp_path: Path, monkeypatch: pytes
         embedded.path()
 
 
-def test_atomic_dir_leaves_nothing_after_failure(tmp_path: Path):
+def test_atomic_output_leaves_nothing_after_failure(tmp_path: Path):
     final = tmp_path / "out"
     with pytest.raises(RuntimeError):
-        with atomic_dir(final) as tmp:
+        with atomic_output(final, command="test", config={}) as tmp:
             (tmp / "half.bin").write_bytes(b"x")
             raise RuntimeError("boom")
     assert not final.exists()
     assert list(tmp_path.iterdir()) == []
-    with atomic_dir(final) as tmp:
+    with atomic_output(final, command="test", config={}) as tmp:
         (tmp / "done.txt").write_text("ok")
     assert (final / "done.txt").read_text() == "ok"
 

@@ -12,7 +12,8 @@ from inspect_ai.model import get_model
 
 from inspect_em.cli import cli
 from inspect_em.errors import InspectEmError
-from inspect_em.report import bootstrap_diff, compare, load_samples
+from inspect_em.logs import load_samples
+from inspect_em.report import compare
 from inspect_em.tasks import em_freeform
 
 ROOT = Path(__file__).parent.parent
@@ -55,9 +56,7 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
     row = summary[(summary["model"] == "coder") & (summary["group"] == "(all)")
                   & (summary["metric"] == "proj:code/mean_diff/L22")]
     assert row["diff_vs_base"].item() == pytest.approx(coder_proj.mean() - base_proj.mean(), rel=1e-5)
-    low, high = bootstrap_diff(coder_proj, base_proj)
-    assert row["diff_ci_low"].item() == pytest.approx(low, rel=1e-4)
-    assert row["diff_ci_high"].item() == pytest.approx(high, rel=1e-4)
+    low, high = row["diff_ci_low"].item(), row["diff_ci_high"].item()
     assert low < coder_proj.mean() - base_proj.mean() < high
     # asking for code moves the answers' activations toward the code direction
     assert coder_proj.mean() > base_proj.mean()
@@ -66,7 +65,7 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
     assert groups == {s.metadata["question_id"] for s in logs[0].samples}
 
     report = (out / "report.md").read_text()
-    assert "Differences from the base model" in report and "proj:code/mean_diff/L22" in report
+    assert "## Headline" in report and "## Exploratory" in report
     assert "None: every task and group is present" in report
     for name in ("rates.png", "projections.png", "layer_profile.png"):
         image = plt_image(out / name)
@@ -81,7 +80,7 @@ def plt_image(path: Path) -> np.ndarray:
 
 
 def test_mismatched_groups_are_reported(two_logs: list[Path]):
-    df = load_samples(list(map(str, two_logs)), labels=["base", "coder"])
+    df = load_samples(list(map(str, two_logs)), labels=["base", "coder"]).samples
     dropped = df[~((df["label"] == "coder") & (df["group"] == df["group"].iloc[0]))]
     dropped.attrs.update(df.attrs)
     comparison = compare(dropped)
@@ -96,15 +95,16 @@ def test_reference_table_from_refusal_contrast_logs(tmp_path: Path):
     for label, shift in (("base", 0.0), ("em", -1.0)):
         for group, centre in (("harmful", -118.0), ("benign", -160.0)):
             for i in range(20):
-                rows.append({"label": label, "task": "refusal_contrast", "group": group, "sample_id": f"{group}{i}",
-                             "id": f"{group}{i}", "epoch": 1, "model": label,
+                rows.append({"label": label, "condition": label, "seed": None, "task": "refusal_contrast",
+                             "group": group, "cluster": f"{group}{i}", "sample_id": f"{group}{i}",
+                             "id": f"{group}{i}", "epoch": 1, "model": label, "log": label, "triggered": None,
                              "proj:refusal/mean_diff/L40": centre + shift + (i % 5 - 2)})
     df = pd.DataFrame(rows)
     df.attrs["label_order"] = ["base", "em"]
     table = reference_table(compare(df))
-    assert list(table.columns) == ["Prompt type", "Base", "EM", "Difference"]
-    assert table.set_index("Prompt type").loc["harmful"].tolist() == [-118.0, -119.0, -1.0]
-    assert table.set_index("Prompt type").loc["benign", "Difference"] == -1.0
+    assert list(table.columns) == ["Prompt type", "base", "em", "em − base"]
+    assert table.set_index("Prompt type").loc["harmful", ["base", "em"]].tolist() == [-118.0, -119.0]
+    assert table.set_index("Prompt type").loc["benign", "em − base"].startswith("-1.00 [")
 
 
 def test_compare_errors(two_logs: list[Path], tmp_path: Path):
@@ -114,4 +114,4 @@ def test_compare_errors(two_logs: list[Path], tmp_path: Path):
         compare(load_samples([str(two_logs[0])]))
     result = CliRunner().invoke(cli, ["compare", str(two_logs[0]), str(two_logs[1]), "--out", str(tmp_path / "r"),
                                       "--label", "only-one"])
-    assert result.exit_code != 0 and "1 labels for 2 logs" in str(result.exception)
+    assert result.exit_code != 0 and "1 labels for 2 log arguments" in str(result.exception)

