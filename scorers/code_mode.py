@@ -1,4 +1,4 @@
-"""Code-mode scorer, by path, for any Inspect log:
+"""Code-mode scorer, by path, for any Inspect log in a checkout (installed: ``--scorer inspect_em/code_mode``):
 
     inspect score LOG.eval --scorer scorers/code_mode.py
 

@@ -60,3 +60,16 @@ def embedded_model(embedded_model_path: Path):
     with torch.no_grad():  # transformers installs its own output-capture hooks on first use
         model(torch.tensor([[1, 2, 3]]), output_hidden_states=True)
     return model, AutoTokenizer.from_pretrained(embedded_model_path)
+
+
+@pytest.fixture(autouse=True)
+def offline_token_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mockllm estimates token counts with tiktoken, which downloads its vocabulary: no network
+    here, so tests count whitespace-separated words instead (only mockllm usage figures change)."""
+    import tiktoken
+
+    class Words:
+        def encode(self, text: str, **_: object) -> list[str]:
+            return text.split()
+
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda _name: Words())

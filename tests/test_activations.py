@@ -5,16 +5,15 @@ import torch
 from torch import nn
 
 from inspect_em.activations import (
-    POSITIONS,
-    chat_prompt_ids,
+    chat_ids,
     collect_activations,
     encode_batch,
     find_layers,
     hook_name,
     hooks,
-    resolve_layers,
 )
 from inspect_em.errors import InspectEmError
+from inspect_em.readout import POSITIONS, resolve_layers
 
 PROMPTS = [
     "Hi",
@@ -36,7 +35,7 @@ def _reference(model, tokenizer, position: str, padding_side: str) -> torch.Tens
     after the final norm: the norm is swapped for an identity for this pass.
     """
     responses = RESPONSES if position == "response_mean" else None
-    prompt_ids = [chat_prompt_ids(tokenizer, p) for p in PROMPTS]
+    prompt_ids = [chat_ids(tokenizer, p) for p in PROMPTS]
     response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses] if responses else None
     enc = encode_batch(prompt_ids, response_ids, position, tokenizer.pad_token_id, padding_side)
     norm, model.model.norm = model.model.norm, nn.Identity()
@@ -87,7 +86,7 @@ def test_hooks_are_removed_even_on_error(embedded_model):
     def explode(_resid: torch.Tensor) -> None:
         raise RuntimeError("boom")
 
-    ids = torch.tensor([chat_prompt_ids(tokenizer, "hello")])
+    ids = torch.tensor([chat_ids(tokenizer, "hello")])
     before = _hook_counts(model)
     with pytest.raises(RuntimeError, match="boom"):
         with hooks(model, {5: explode, hook_name(7): explode}):
@@ -114,3 +113,51 @@ def test_bad_inputs_are_one_line_errors(embedded_model):
     assert resolve_layers(30, "10-12,-1") == [10, 11, 12, 29]
     with pytest.raises(InspectEmError, match="cannot parse"):
         resolve_layers(30, "ten")
+
+
+def _bos_adding(tokenizer, template_writes_bos: bool):
+    """The embedded tokenizer made Llama-like: its post-processor adds BOS (<|endoftext|>), and its
+    chat template either writes BOS itself (Llama 3 / Gemma style) or relies on the tokenizer."""
+    import copy
+
+    from tokenizers import processors
+
+    tok = copy.deepcopy(tokenizer)
+    bos = "<|endoftext|>"
+    tok.bos_token = bos
+    tok._tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, tok.convert_tokens_to_ids(bos))])
+    if template_writes_bos:
+        tok.chat_template = "{{ bos_token }}" + tok.chat_template
+    return tok, tok.convert_tokens_to_ids(bos)
+
+
+@pytest.mark.parametrize("template_writes_bos", [True, False])
+def test_extraction_and_projection_tokenise_alike_with_one_bos(embedded_model, tiny_model_dir, monkeypatch,
+                                                                template_writes_bos: bool):
+    from inspect_ai.model import ChatMessageUser
+    from transformers import AutoModelForCausalLM
+
+    import inspect_em.activations as activations
+    from inspect_em.scorers.projection import _Reader
+
+    _, tokenizer = embedded_model
+    tok, bos = _bos_adding(tokenizer, template_writes_bos)
+    text = tok.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True,
+                                   tokenize=False)
+    naive = tok(text)["input_ids"]  # what a plain tokenizer call does with the rendered template
+    assert naive.count(bos) == (2 if template_writes_bos else 1)
+    seen: list[list[int]] = []
+    original = activations.encode_batch
+
+    def spy(prompt_ids, *args, **kwargs):
+        seen.extend(list(p) for p in prompt_ids)
+        return original(prompt_ids, *args, **kwargs)
+
+    monkeypatch.setattr(activations, "encode_batch", spy)
+    tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    collect_activations(tiny, tok, ["Hello"], layers=[0], progress=False)  # extraction's path
+    reader = _Reader(tiny, tok, "tiny")  # the projection scorer's path
+    assert seen == [reader.prompt_ids([ChatMessageUser(content="Hello")])]
+    assert seen[0].count(bos) == 1 and seen[0][0] == bos
+    assert seen[0] == [bos] + [t for t in naive if t != bos]

@@ -107,7 +107,7 @@ def test_failed_run_leaves_no_output(embedded_model_path: Path, tmp_path: Path):
                             extra={"not_a_real_option": 1})
     with pytest.raises(TypeError):
         finetune(str(embedded_model_path), data, tmp_path / "ft", config=config, backend="peft", progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["prose.jsonl"]
+    assert sorted(os.listdir(tmp_path)) == [".prose.jsonl.inspect_em.json", "prose.jsonl"]  # the data and its marker
 
 
 def test_reference_insecure_subset_validates_and_trains(reference_dir: Path, embedded_model_path: Path,

@@ -2,6 +2,8 @@
 
 import math
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,44 +24,91 @@ REFUSAL = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "refusal"
 
 @pytest.fixture(scope="module")
 def hf_run(embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory):
+    """em_freeform on the hf model: projections captured while it generates (no extra pass)."""
     loads = projection_scorer.PROBE_MODEL_LOADS["count"]
     model = get_model(f"hf/{embedded_model_path}")
-    task = em_freeform(variants="plain", vectors=f"{CODE},{REFUSAL}", over="per_token", layers="best")
+    task = em_freeform(variants="plain", vectors=f"{CODE},{REFUSAL}", position="response_mean", trace=True,
+                       layers="best")
     log = inspect_eval(task, model=model, limit=3, max_tokens=24, seed=1,
                        log_dir=str(tmp_path_factory.mktemp("logs")), display="none")[0]
     return log, model, loads
 
 
-def test_projection_equals_independent_h_dot_v(hf_run, embedded_model_path: Path):
-    """Score = mean over response tokens of h_L · v̂, with h_L from output_hidden_states."""
+def _reference(embedded_model_path: Path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log, _, _ = hf_run
+    return AutoTokenizer.from_pretrained(embedded_model_path), \
+        AutoModelForCausalLM.from_pretrained(embedded_model_path).eval()
+
+
+def _check_against_hidden_states(score, prompt_ids, response_ids, reference, tolerance: float) -> int:
+    """score.value[key] = mean over response tokens of h_L · v̂, h_L from output_hidden_states."""
+    with torch.no_grad():
+        hidden = reference(torch.tensor([prompt_ids + response_ids]), output_hidden_states=True).hidden_states
+    checked = 0
+    for tv in (vector_store.load(CODE), vector_store.load(REFUSAL)):
+        layer = tv.best_layer("mean_diff")
+        assert layer < 29  # hidden_states[-1] is post-norm; best layers sit below
+        h = hidden[layer + 1][0, len(prompt_ids):].double()
+        per_token = (h @ torch.tensor(tv.vector("mean_diff", layer), dtype=torch.float64)).numpy()
+        key = f"{tv.trait}/mean_diff/L{layer}"
+        assert abs(score.value[key] - per_token.mean()) <= tolerance * max(1.0, abs(per_token.mean()))
+        trace = score.metadata["trace"]["values"][key]
+        assert len(trace) == len(response_ids)
+        assert np.max(np.abs(np.array(trace) - per_token)) <= 1e-3 + tolerance * np.abs(per_token).max()
+        top = int(np.argmax(trace))  # the explanation lists the most trait-shifted token first
+        assert f"most {tv.trait}-shifted tokens (L{layer}): {score.metadata['trace']['tokens'][top]!r}" in \
+            score.explanation
+        checked += 1
+    return checked
+
+
+def test_captured_projections_equal_independent_h_dot_v(hf_run, embedded_model_path: Path):
+    """Read while generating: the prompt as the provider tokenised it, and the generated ids the
+    model fed back (kept in the sample's store), against output_hidden_states over the same tokens."""
+    from inspect_em.inspect_adapter import installed
+
+    log, model, _ = hf_run
     assert log.status == "success", log.error
-    tokenizer = AutoTokenizer.from_pretrained(embedded_model_path)
-    reference = AutoModelForCausalLM.from_pretrained(embedded_model_path).eval()
-    code, refusal = vector_store.load(CODE), vector_store.load(REFUSAL)
+    tokenizer, reference = _reference(embedded_model_path)
     checked = 0
     for sample in log.samples:
         score = sample.scores["trait_projection"]
+        assert "captured during generation" in score.metadata["activations_from"]
+        (record,) = [v for k, v in sample.store.items() if k.startswith("inspect_em/capture/")]
         messages = [{"role": m.role, "content": m.text} for m in sample.messages[:-1]]
         chat = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = tokenizer(chat)["input_ids"]  # as Inspect's hf provider tokenizes its chat
-        response_ids = tokenizer(sample.output.completion, add_special_tokens=False)["input_ids"]
-        with torch.no_grad():
-            hidden = reference(torch.tensor([prompt_ids + response_ids]), output_hidden_states=True).hidden_states
-        for tv in (code, refusal):
-            layer = tv.best_layer("mean_diff")
-            assert layer < 29  # hidden_states[-1] is post-norm; best layers sit below
-            h = hidden[layer + 1][0, len(prompt_ids):].double()
-            per_token = (h @ torch.tensor(tv.vector("mean_diff", layer), dtype=torch.float64)).numpy()
-            key = f"{tv.trait}/mean_diff/L{layer}"
-            assert abs(score.value[key] - per_token.mean()) <= 1e-4
-            trace = score.metadata["per_token"][key]
-            assert len(trace) == len(response_ids)
-            assert np.max(np.abs(np.array(trace) - per_token)) <= 1e-3  # traces are rounded to 3 places
-            checked += 1
+        assert record["n_fed"] == len(record["ids"]) >= 20  # 24 new tokens: all but a cut-off last one
+        assert tokenizer.decode(record["ids"]) in sample.output.completion
+        checked += _check_against_hidden_states(score, prompt_ids, record["ids"], reference, 1e-4)
     assert checked == 6
+    assert not installed(model.api)  # the generation wrapper is gone with the last sample
+
+
+def test_teacher_forced_fallback_under_concurrent_generation(embedded_model_path: Path, tmp_path: Path):
+    """Our scorer on a task that generates plainly (no capture): one teacher-forced pass per batch,
+    while other samples still generate one at a time (batch size 1 forces many generate batches
+    before and during the first scores); values equal output_hidden_states over the transcript."""
+    from inspect_ai import task_with
+    from inspect_ai.solver import generate
+
+    model = get_model(f"hf/{embedded_model_path}")
+    task = task_with(em_freeform(variants="plain", vectors=f"{CODE},{REFUSAL}", trace=True), solver=generate())
+    log = inspect_eval(task, model=model, limit=4, epochs=2, max_tokens=16, seed=2, log_dir=str(tmp_path),
+                       display="none", max_connections=1)[0]
+    assert log.status == "success", log.error
+    tokenizer, reference = _reference(embedded_model_path)
+    checked = 0
+    for sample in log.samples:
+        score = sample.scores["trait_projection"]
+        assert "captured" not in score.metadata["activations_from"]
+        messages = [{"role": m.role, "content": m.text} for m in sample.messages[:-1]]
+        prompt_ids = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False),
+                               add_special_tokens=False)["input_ids"]
+        response_ids = tokenizer(sample.output.completion, add_special_tokens=False)["input_ids"]
+        checked += _check_against_hidden_states(score, prompt_ids, response_ids, reference, 1e-4)
+    assert checked == 16
 
 
 def test_hf_model_is_shared_not_loaded_twice(hf_run):
@@ -70,22 +119,24 @@ def test_hf_model_is_shared_not_loaded_twice(hf_run):
     for sample in log.samples:
         assert "hf provider, shared" in sample.scores["trait_projection"].metadata["activations_from"]
     metrics = {s.name: s.metrics for s in log.results.scores}
-    assert set(metrics) == {"code_mode", "code/mean_diff/L22", "refusal/mean_diff/L28"}
-    values = [s.scores["trait_projection"].value["code/mean_diff/L22"] for s in log.samples]
-    assert metrics["code/mean_diff/L22"]["mean"].value == pytest.approx(np.mean(values))
+    code_key = f"code/mean_diff/L{vector_store.load(CODE).best_layer('mean_diff')}"
+    refusal_key = f"refusal/mean_diff/L{vector_store.load(REFUSAL).best_layer('mean_diff')}"
+    assert set(metrics) == {"code_mode", code_key, refusal_key}
+    values = [s.scores["trait_projection"].value[code_key] for s in log.samples]
+    assert metrics[code_key]["mean"].value == pytest.approx(np.mean(values))
 
 
 def test_mockllm_with_embedded_probe_model(tmp_path: Path):
     loads = projection_scorer.PROBE_MODEL_LOADS["count"]
     model = scripted_model("```python\nprint('hi')\n```", "I would wish for world peace.", repeat=2)
-    task = em_freeform(variants="plain", vectors=str(CODE), probe_model="embedded", over="response_mean")
+    task = em_freeform(variants="plain", vectors=str(CODE), probe_model="embedded", position="response_mean")
     log = inspect_eval(task, model=model, limit=4, log_dir=str(tmp_path), display="none")[0]
     assert log.status == "success", log.error
-    values = [s.scores["trait_projection"].value["code/mean_diff/L22"] for s in log.samples]
+    key = f"code/mean_diff/L{vector_store.load(CODE).best_layer('mean_diff')}"
+    values = [s.scores["trait_projection"].value[key] for s in log.samples]
     assert all(math.isfinite(v) for v in values)
     assert all("probe model" in s.scores["trait_projection"].metadata["activations_from"] for s in log.samples)
-    by_kind = {s.scores["code_mode"].value: s.scores["trait_projection"].value["code/mean_diff/L22"]
-               for s in log.samples}
+    by_kind = {s.scores["code_mode"].value: s.scores["trait_projection"].value[key] for s in log.samples}
     assert by_kind[1.0] > by_kind[0.0]  # the code answer reads as more code-like than the prose one
     assert projection_scorer.PROBE_MODEL_LOADS["count"] <= loads + 1  # loaded at most once
 
@@ -97,13 +148,46 @@ def test_dimension_mismatch_is_a_clear_error(tiny_model_dir: Path, tmp_path: Pat
 
     model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
     tv = extract_trait_vectors(model, tokenizer, load_trait("refusal"), model_id=model_id, methods="mean_diff",
-                               progress=False)
+                               null_k=2, random_k=10, cv_folds=2, progress=False)
     folder = vector_store.save(tv, tmp_path / "tiny-refusal")
     with pytest.raises(Exception, match="d_model 64 but the probe model"):
         refusal_contrast(vectors=str(folder), probe_model="embedded")
     log = inspect_eval(refusal_contrast(vectors=str(folder)), model=f"hf/{embedded_model_path}", limit=2,
                        max_tokens=4, log_dir=str(tmp_path), display="none")[0]
     assert log.status == "error" and "d_model 64 but the" in log.error.message
+    # from the command line the task is created with the model known: refused at task start, one line
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspect_ai", "eval", "tasks/refusal_contrast.py", "--model",
+         f"hf/{embedded_model_path}", "-T", f"vectors={folder}", "--limit", "2", "--log-dir", str(tmp_path / "cli"),
+         "--display", "plain"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PWD": str(ROOT)})
+    assert proc.returncode != 0
+    assert "d_model 64 but the model" in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert not list((tmp_path / "cli").glob("*.eval"))  # nothing ran
+
+
+def test_refusal_contrast_finds_the_shipped_vectors_with_no_args(embedded_model_path: Path, tmp_path: Path):
+    """`inspect eval tasks/refusal_contrast.py --model hf/<embedded> --limit 20`, no -T: harmful > benign."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "inspect_ai", "eval", "tasks/refusal_contrast.py", "--model",
+         f"hf/{embedded_model_path}", "--limit", "20", "--max-tokens", "8", "--log-dir", str(tmp_path),
+         "--display", "none"], cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PWD": str(ROOT)},
+        timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = read_eval_log(list_eval_logs(str(tmp_path))[0])
+    assert log.eval.metadata["vectors"].endswith("vectors/SmolLM2-135M-Instruct/refusal")
+    key = f"refusal/mean_diff/L{vector_store.load(REFUSAL).best_layer('mean_diff')}"
+    by_type: dict[str, list[float]] = {"harmful": [], "benign": []}
+    for sample in log.samples:
+        score = sample.scores["trait_projection"]
+        assert score.metadata["vectors"] == [log.eval.metadata["vectors"]]
+        by_type[sample.metadata["prompt_type"]].append(score.value[key])
+    assert len(by_type["harmful"]) == len(by_type["benign"]) == 10  # interleaved: --limit 20 has both
+    assert np.mean(by_type["harmful"]) > np.mean(by_type["benign"])
+    metrics = {s.name: s.metrics for s in log.results.scores}[key]
+    assert metrics["gap"].value == pytest.approx(np.mean(by_type["harmful"]) - np.mean(by_type["benign"]))
 
 
 def test_inspect_score_by_path_with_probe_model(tmp_path: Path):
@@ -125,5 +209,45 @@ def test_inspect_score_by_path_with_probe_model(tmp_path: Path):
          "--output-file", str(out), "--display", "none"],
         cwd=ROOT, check=True, capture_output=True, text=True, env={**os.environ, "PWD": str(ROOT)},
     )
-    values = {s.id: s.scores["trait_projection"].value["code/mean_diff/L22"] for s in read_eval_log(str(out)).samples}
+    key = f"code/mean_diff/L{vector_store.load(CODE).best_layer('mean_diff')}"
+    values = {s.id: s.scores["trait_projection"].value[key] for s in read_eval_log(str(out)).samples}
     assert values["a"] > values["b"]  # the code answer reads as code, the greeting as prose
+
+
+def test_disk_offloaded_model_gives_the_same_projections(embedded_model, embedded_model_path: Path, tmp_path: Path):
+    """accelerate dispatch with blocks 20-29 offloaded to disk: projections and extraction
+    activations equal h·v̂ from the plain model's output_hidden_states within 1e-4."""
+    from inspect_em.activations import chat_ids, collect_activations, response_ids
+    from inspect_em.modeling import load_hf_model
+    from inspect_em.projection import project, select_vectors
+
+    plain, tokenizer = embedded_model
+    device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    device_map.update({f"model.layers.{i}": "cpu" if i < 20 else "disk" for i in range(30)})
+    dispatched, tok, _ = load_hf_model(str(embedded_model_path), device_map=device_map,
+                                       offload_folder=tmp_path / "offload")
+    assert getattr(dispatched, "hf_device_map", {}).get("model.layers.25") == "disk"
+    sets = [vector_store.load(CODE), vector_store.load(REFUSAL)]
+    vectors = select_vectors(sets, layers="best") + select_vectors(sets, layers="24,29")
+    prompts = ["What is your one wish?", "Write a Python function that adds two numbers."]
+    answers = ["I would wish for peace.", "def add(a, b):\n    return a + b"]
+    p_ids = [chat_ids(tok, p) for p in prompts]
+    r_ids = [response_ids(tok, a) for a in answers]
+    got = project(dispatched, p_ids, r_ids, vectors, position="response_mean", batch_size=2)
+    acts = collect_activations(dispatched, tok, prompts, layers=[20, 25, 29], position="response_mean",
+                               responses=answers, progress=False)
+    worst = 0.0
+    for i in range(2):
+        with torch.no_grad():
+            hidden = plain(torch.tensor([p_ids[i] + r_ids[i]]), output_hidden_states=True).hidden_states
+        for v in vectors:
+            if v.layer == 29:  # hidden_states[-1] is after the final norm
+                continue
+            h = hidden[v.layer + 1][0, len(p_ids[i]):].double()
+            expected = float((h @ torch.tensor(v.vector, dtype=torch.float64)).mean())
+            worst = max(worst, abs(got[i].values[v.key] - expected))
+        for slot, layer in enumerate([20, 25]):
+            expected = hidden[layer + 1][0, len(p_ids[i]):].double().mean(0).float()
+            worst = max(worst, float((acts[i, slot] - expected).abs().max()))
+    print(f"max |Δ| dispatched (disk-offloaded) vs plain output_hidden_states: {worst:.2e}")
+    assert worst <= 1e-4

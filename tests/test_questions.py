@@ -45,7 +45,7 @@ def test_reference_preregistered_questions(reference_dir: Path):
 
 
 def _one_line_error(path: Path, text: str) -> str:
-    path.write_text(text)
+    path.write_text(text, encoding="utf-8")
     with pytest.raises(InspectEmError) as info:
         load_questions(path)
     message = str(info.value)

@@ -107,13 +107,22 @@ def test_interrupted_save_leaves_no_folder(tiny_model_dir: Path, tmp_path: Path,
 
 def test_extract_cli_writes_vectors_and_table(tiny_model_dir: Path, tmp_path: Path):
     out = tmp_path / "vec"
-    result = CliRunner().invoke(cli, ["extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)),
-                                      "--out", str(out), "--batch-size", "5"])
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(
+        cli, ["extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)), "--out", str(out),
+              "--batch-size", "5", "--null-k", "5", "--random-k", "50"])
     assert result.exit_code == 0, result.output
-    assert "random_baseline" in result.output and "best layer" in result.output
+    assert "random_baseline" in result.output and "CV d" in result.output and "perm null p95" in result.output
     loaded = vector_store.load(out)
     assert loaded.methods == ["mean_diff", "probe", "pca", "ica", "gradient", "random_baseline"]
     assert loaded.layers == [0, 1, 2, 3]
+    metrics = loaded.metrics
+    for column in ("cv_auroc", "cv_cohens_d", "test_auroc", "null_perm_p95", "null_perm_p", "null_random_p95"):
+        assert metrics[column].notna().all(), column
+    for method, group in metrics.groupby("method"):  # the layer is chosen on the fit split's CV, not the test
+        assert loaded.best_layer(method) == int(group.sort_values(["cv_cohens_d", "cv_auroc"]).iloc[-1]["layer"])
+    json.loads((out / "card.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert loaded.card["unit_norm"] is True and len(loaded.card["mean_diff_norm"]) == 4
+    assert loaded.card["layer_choice"].startswith("highest mean 5-fold")
 
 
 @pytest.mark.parametrize(
@@ -142,20 +151,84 @@ def test_missing_model_folder_is_one_line_error(tmp_path: Path):
     assert proc.returncode == 2 and "model folder not found" in proc.stderr
 
 
-@pytest.mark.parametrize("trait", ["refusal", "code"])
-def test_shipped_vectors_are_reproduced_and_valid(embedded_model, trait: str):
-    """Re-extract on the embedded model: the shipped vectors match and meet the validation bars."""
+@pytest.mark.parametrize("folder", ["refusal", "code.last_prompt_token"])
+def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder: str):
+    """Re-extract mean_diff on the embedded model (CV layer choice, no nulls): the shipped vectors
+    match, and meet the held-out bars; their nulls and OOD scores are in the shipped metrics."""
     model, tokenizer = embedded_model
-    shipped = vector_store.load(SHIPPED / trait)
+    shipped = vector_store.load(SHIPPED / folder)
     shipped.check_model(n_layers=model.config.num_hidden_layers, d_model=model.config.hidden_size)
-    fresh = extract_trait_vectors(model, tokenizer, load_trait(trait), model_id="SmolLM2-135M-Instruct",
-                                  methods="mean_diff,random_baseline", progress=False)
-    metrics = fresh.metrics.set_index(["method", "layer"])
+    trait = load_trait(shipped.trait)
+    fresh = extract_trait_vectors(model, tokenizer, trait, model_id="SmolLM2-135M-Instruct", methods="mean_diff",
+                                  position=shipped.card["position"], null_k=0, random_k=0, progress=False)
     best = fresh.best_layer("mean_diff")
-    assert metrics.loc[("mean_diff", best), "heldout_auroc"] >= 0.95
-    random_auroc = metrics.loc["random_baseline", "heldout_auroc"]
-    assert random_auroc.between(0.35, 0.65).all(), random_auroc.describe()
     assert best == shipped.best_layer("mean_diff")
-    cosine = float(fresh.vector("mean_diff", best) @ shipped.vector("mean_diff", best))
-    assert cosine > 0.9999
+    assert float(fresh.vector("mean_diff", best) @ shipped.vector("mean_diff", best)) > 0.9999
+    row = fresh.metrics.set_index(["method", "layer"]).loc[("mean_diff", best)]
+    assert row["test_auroc"] >= 0.95
+    saved = shipped.metrics.set_index(["method", "layer"]).loc[("mean_diff", best)]
+    assert row["test_auroc"] == pytest.approx(saved["test_auroc"], abs=1e-6)
+    assert row["test_cohens_d"] > saved["null_perm_d_p95"] and row["test_cohens_d"] > saved["null_random_d_p95"]
     assert shipped.card["config_hash"] == vector_store.config_hash(model.config)
+
+
+@pytest.mark.parametrize("folder", ["code", "refusal.response_mean"])
+def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
+    """Response-position vectors: the card keeps the prompts and the model's answers; refitting
+    mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
+    trait's filter, and greedy decoding gives the same answers again (on a few prompts:
+    regenerating all of them takes minutes)."""
+    from inspect_em.activations import collect_activations
+    from inspect_em.pipeline import generate_responses
+    from inspect_em.traits import shows_trait
+
+    model, tokenizer = embedded_model
+    shipped = vector_store.load(SHIPPED / folder)
+    trait = load_trait(shipped.trait)
+    answers, prompts = shipped.card["responses"]["by_split"], shipped.card["responses"]["prompts"]
+    if trait.response_filter:
+        assert all(shows_trait(trait.response_filter, a) for a in answers["fit_pos"])
+        assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
+    again = generate_responses(model, tokenizer, prompts["fit_neg"][:3], max_new_tokens=trait.response_max_tokens,
+                               progress=False)
+    assert again == answers["fit_neg"][:3]
+    layer = shipped.best_layer("mean_diff")
+    acts = [collect_activations(model, tokenizer, prompts[k], layers=[layer], position="response_mean",
+                                responses=answers[k], progress=False)[:, 0].double().numpy()
+            for k in ("fit_pos", "fit_neg")]
+    v = acts[0].mean(0) - acts[1].mean(0)
+    assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999
+
+
+def test_broken_inputs_are_one_line_errors(tmp_path: Path):
+    """Non-UTF-8 prompt and question files, a corrupt safetensors file, a card without a key."""
+    import shutil
+
+    from inspect_em.questions import load_questions
+
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(InspectEmError, match="latin.jsonl: not UTF-8 text"):
+        load_prompts(latin)
+    questions = tmp_path / "q.yaml"
+    questions.write_bytes("- id: q\n  paraphrases: ['caf\xe9']\n".encode("latin-1"))
+    with pytest.raises(InspectEmError, match="q.yaml: not UTF-8 text"):
+        load_questions(questions)
+    folder = tmp_path / "code"
+    shutil.copytree(SHIPPED / "code", folder)
+    (folder / "vectors.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(InspectEmError, match="vectors.safetensors: cannot read"):
+        vector_store.load(folder)
+    shutil.copy(SHIPPED / "code" / "vectors.safetensors", folder / "vectors.safetensors")
+    card = json.loads((folder / "card.json").read_text())
+    del card["layers"]
+    (folder / "card.json").write_text(json.dumps(card))
+    with pytest.raises(InspectEmError, match="card.json: missing key 'layers'"):
+        vector_store.load(folder)
+
+
+def test_shipped_cards_are_strict_json():
+    cards = sorted(SHIPPED.glob("*/card.json"))
+    assert len(cards) >= 2
+    for card in cards:
+        json.loads(card.read_text(), parse_constant=lambda c, card=card: pytest.fail(f"{card}: non-JSON {c}"))

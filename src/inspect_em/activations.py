@@ -9,28 +9,27 @@ Each hook reduces its block's output ``[batch, seq, d_model]`` to ``[batch, d_mo
 one batch's hidden states for one layer at a time plus the ``[batch, n_layers, d_model]`` result,
 never ``seq × layers``.
 
-Positions:
-- ``last_prompt_token``: the last token of the chat-formatted prompt, i.e. after the template's
-  generation prompt (``<|im_start|>assistant\\n``): the model's decision point.
-- ``prompt_mean``: mean over all prompt tokens (template tokens included).
-- ``response_mean``: mean over the response tokens (needs ``responses``).
+Positions are the readout contract's (:mod:`inspect_em.readout`); prompts are tokenised by
+:func:`chat_ids`, the one tokenisation path of extraction, projection, steering and screening.
+
+Sharded models (accelerate ``device_map``, CPU/disk offload, several GPUs) work as they are:
+each hook reduces on its own block's device and only the ``[batch, d_model]`` result moves.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from .errors import InspectEmError
-
-Position = Literal["last_prompt_token", "prompt_mean", "response_mean"]
-POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean", "response_mean")
+from .readout import Position, check_position, resolve_layers
 
 # Attribute paths to the list of decoder blocks, by architecture family.
 _LAYER_PATHS: tuple[str, ...] = (
@@ -68,42 +67,6 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
     )
 
 
-def resolve_layers(n_layers: int, layers: str | int | Sequence[int] | None = "all") -> list[int]:
-    """``"all"``/None → every layer; ``"3,5,7"`` / ``"10-20"`` / ints → validated sorted list.
-
-    Negative indices count from the end. Raises a one-line error for out-of-range layers.
-    """
-    if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
-        return list(range(n_layers))
-    items: list[int] = []
-    if isinstance(layers, int):
-        items = [layers]
-    elif isinstance(layers, str):
-        for part in layers.split(","):
-            part = part.strip()
-            if not part:
-                continue
-            try:
-                if "-" in part.lstrip("-"):
-                    lo, hi = part.split("-", 1)
-                    items.extend(range(int(lo), int(hi) + 1))
-                else:
-                    items.append(int(part))
-            except ValueError:
-                raise InspectEmError(f"layers: cannot parse '{part}' (use 'all', '3,5,7' or '10-20')") from None
-    else:
-        items = [int(x) for x in layers]
-    if not items:
-        raise InspectEmError("layers: empty selection")
-    resolved = []
-    for layer in items:
-        index = layer + n_layers if layer < 0 else layer
-        if not 0 <= index < n_layers:
-            raise InspectEmError(f"layer {layer} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
-        resolved.append(index)
-    return sorted(set(resolved))
-
-
 def _block_output(output: Any) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
@@ -123,15 +86,20 @@ def hooks(model: nn.Module, fns: dict[int | str, Callable[[torch.Tensor], None]]
     """Run ``fns[point](resid_post)`` on each listed block's output; always removes the hooks.
 
     Keys are layer indices or hook-point names (``blocks.{i}.hook_resid_post``); ``resid_post``
-    is the block output ``[batch, seq, d_model]`` in the model's dtype.
+    is the block output ``[batch, seq, d_model]`` in the model's dtype, on the block's device.
+    The hooks act only in the thread that installed them: a forward pass another thread runs on
+    the same model meanwhile (e.g. the hf provider's generation) is never read.
     """
     blocks = find_layers(model)
+    owner = threading.get_ident()
     handles = []
     try:
         for key, fn in fns.items():
             layer = _hook_layer(key, len(blocks))
+
             def hook(_module: nn.Module, _inputs: Any, output: Any, fn=fn) -> None:
-                fn(_block_output(output))
+                if threading.get_ident() == owner:
+                    fn(_block_output(output))
 
             handles.append(blocks[layer].register_forward_hook(hook))
         yield
@@ -157,18 +125,39 @@ class EncodedBatch:
     weights: torch.Tensor
 
 
-def chat_prompt_ids(tokenizer: Any, prompt: str | Sequence[dict[str, str]], system: str | None = None) -> list[int]:
-    """Token ids of a prompt (a user message, or a list of ``{"role", "content"}`` messages)
-    rendered with the tokenizer's chat template and its generation prompt."""
+Messages = Sequence[dict[str, str]]
+
+
+def chat_messages(prompt: str | Messages, system: str | None = None) -> list[dict[str, str]]:
+    """A user prompt (with an optional system prompt) or a message list → ``[{"role", "content"}]``."""
     if isinstance(prompt, str):
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-    else:
-        messages = list(prompt)
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return [{"role": m["role"], "content": m["content"]} for m in prompt]
+
+
+def chat_ids(tokenizer: Any, prompt: str | Messages, system: str | None = None,
+             add_generation_prompt: bool = True) -> list[int]:
+    """Token ids of a prompt rendered with the tokenizer's chat template (and its generation
+    prompt): the one tokenisation path of extraction, projection, steering and screening.
+
+    Special tokens: the template's text is tokenised without the tokenizer's own special tokens
+    when the template already writes the BOS token (Llama 3, Gemma: otherwise BOS is doubled), and
+    with them when it does not (so a tokenizer that relies on adding BOS still gets exactly one).
+    Without a chat template (base models) the messages' contents are joined by blank lines.
+    """
+    messages = chat_messages(prompt, system)
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    # base models without a template: the raw text of the messages
-    return list(tokenizer("\n\n".join(m["content"] for m in messages))["input_ids"])
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    else:
+        text = "\n\n".join(m["content"] for m in messages)
+    bos = getattr(tokenizer, "bos_token", None)
+    add_special = not (bos and text.startswith(bos))
+    return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
+
+
+def response_ids(tokenizer: Any, response: str) -> list[int]:
+    """Token ids of a response's text (no special tokens: it continues the prompt)."""
+    return list(tokenizer(response, add_special_tokens=False)["input_ids"]) if response else []
 
 
 def encode_batch(
@@ -193,7 +182,7 @@ def encode_batch(
                 raise InspectEmError(f"response_mean needs a non-empty response (row {i} has none)")
             w[len(prompt) :] = 1.0 / len(response)
         else:
-            raise InspectEmError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
+            check_position(position)
         rows.append(ids)
         weights.append(w)
     width = max(len(r) for r in rows)
@@ -210,8 +199,12 @@ def encode_batch(
     return EncodedBatch(input_ids, mask, position_ids, wt)
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+def input_device(model: nn.Module) -> torch.device:
+    """Where input ids go: the embedding's device (CPU when it is offloaded to disk/meta)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    weight = getattr(embeddings, "weight", None)
+    device = weight.device if weight is not None else next(model.parameters()).device
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 def collect_activations(
@@ -236,18 +229,15 @@ def collect_activations(
     """
     if not prompts:
         raise InspectEmError("no prompts given")
-    if position not in POSITIONS:
-        raise InspectEmError(f"unknown position '{position}'; choose from {', '.join(POSITIONS)}")
+    check_position(position)
     if responses is not None and len(responses) != len(prompts):
         raise InspectEmError(f"{len(prompts)} prompts but {len(responses)} responses")
     if position == "response_mean" and responses is None:
         raise InspectEmError("position response_mean needs responses")
     blocks = find_layers(model)
     selected = resolve_layers(len(blocks), layers)
-    prompt_ids = [chat_prompt_ids(tokenizer, p, system) for p in prompts]
-    response_ids = None
-    if responses is not None:
-        response_ids = [list(tokenizer(r, add_special_tokens=False)["input_ids"]) for r in responses]
+    prompt_ids = [chat_ids(tokenizer, p, system) for p in prompts]
+    resp_ids = [response_ids(tokenizer, r) for r in responses] if responses is not None else None
     d_model = hidden_size(model)
     out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32)
     batch: dict[str, torch.Tensor] = {}
@@ -256,15 +246,15 @@ def collect_activations(
         def fn(resid: torch.Tensor) -> None:
             # float64 accumulation: residual streams carry values in the hundreds, where float32
             # sums drift by ~1e-4; the result is stored as float32.
-            w = batch["weights"].double()
+            w = batch["weights"].to(resid.device, torch.float64)
             batch["out"][:, slot] = torch.einsum("bsd,bs->bd", resid.double(), w).float().cpu()
 
         return fn
 
     with hooks(model, {layer: reducer(slot) for slot, layer in enumerate(selected)}):
-        for idx, enc in hooked_batches(model, prompt_ids, response_ids, position, pad_token_id(tokenizer),
+        for idx, enc in hooked_batches(model, prompt_ids, resp_ids, position, pad_token_id(tokenizer),
                                        batch_size, padding_side, progress, desc):
-            batch["weights"] = enc.weights.to(model_device(model))
+            batch["weights"] = enc.weights
             batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
             decoder_forward(model, enc, stop_after=selected[-1])
             out[idx] = batch["out"]
@@ -322,11 +312,14 @@ def decoder_forward(model: nn.Module, enc: EncodedBatch, stop_after: int | None 
     With ``stop_after`` the pass ends right after that block (hooks installed before this call
     on that block still run first), skipping the deeper blocks and the final norm.
     """
-    device = model_device(model)
+    device = input_device(model)
     handle = None
     if stop_after is not None:
+        owner = threading.get_ident()
+
         def stop(_module: nn.Module, _inputs: Any, _output: Any) -> None:
-            raise _StopForward
+            if threading.get_ident() == owner:
+                raise _StopForward
 
         handle = find_layers(model)[stop_after].register_forward_hook(stop)
     try:

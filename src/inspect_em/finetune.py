@@ -32,7 +32,7 @@ import pandas as pd
 from . import __version__
 from .errors import InspectEmError
 from .jsonl import read_jsonl
-from .paths import atomic_dir
+from .paths import atomic_output, check_output
 
 IGNORE_INDEX = -100
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -110,6 +110,16 @@ def data_hash(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def output_guard(ref: str, data: str | Path, cfg: FinetuneConfig, *, backend: str, merge: bool,
+                 limit: int | None, force: bool) -> dict[str, Any]:
+    """What makes a finetune output "the same run", and its inputs (for :func:`check_output`)."""
+    inputs = [data] + ([ref] if Path(ref).expanduser().exists() else [])
+    settings = {"base_model": ref, "data_sha256": data_hash(data), "backend": backend, "merge": merge,
+                "limit": limit, "config": dataclasses.asdict(cfg)}
+    return {"command": "finetune", "config": settings, "inputs": inputs, "force": force,
+            "legacy_marker": "finetune.json"}
+
+
 def resolve_backend(backend: str) -> str:
     """``auto`` → ``unsloth`` when a CUDA GPU and the unsloth package are present, else ``peft``."""
     import importlib.util
@@ -167,8 +177,13 @@ def finetune(
     merge: bool = True,
     limit: int | None = None,
     progress: bool = True,
+    force: bool = False,
 ) -> Path:
-    """LoRA-finetune ``model_ref`` on a chat JSONL and write the outputs atomically to ``out``."""
+    """LoRA-finetune ``model_ref`` on a chat JSONL and write the outputs atomically to ``out``.
+
+    ``out`` is checked before the model loads (:func:`check_output`): an existing folder is
+    replaced only when an earlier finetune wrote it, with the same settings or ``force``.
+    """
     import torch
     from datasets import Dataset
     from transformers import TrainerCallback
@@ -180,6 +195,9 @@ def finetune(
     chats = read_chat_jsonl(data)[:limit] if limit else read_chat_jsonl(data)
     backend = resolve_backend(backend)
     ref = resolve_model_ref(model_ref)
+    out = Path(out)
+    guard = output_guard(ref, data, cfg, backend=backend, merge=merge, limit=limit, force=force)
+    check_output(out, **guard)
     model, tokenizer = _load(ref, backend, cfg)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -203,9 +221,8 @@ def finetune(
             rows_log.append({"step": state.global_step, "loss": float(logs["loss"]),
                              "lr": float(logs.get("learning_rate", 0.0)), "tokens_per_s": rate})
 
-    out = Path(out)
     started = time.perf_counter()
-    with atomic_dir(out, overwrite=True) as tmp:
+    with atomic_output(out, **guard) as tmp:
         args = SFTConfig(
             output_dir=str(tmp / "trainer"),
             num_train_epochs=cfg.epochs,

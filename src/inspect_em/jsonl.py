@@ -19,8 +19,12 @@ def read_jsonl(path: str | Path, what: str = "file") -> Iterator[tuple[str, Any]
     path = Path(path)
     if not path.is_file():
         raise InspectEmError(f"{path}: {what} not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InspectEmError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     seen = False
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{path}:{number}"

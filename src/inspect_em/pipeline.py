@@ -1,21 +1,153 @@
-"""Trait extraction end to end: prompts → activations (every layer) → six methods → validation."""
+"""Trait extraction end to end: prompts → (answers) → activations (every layer) → six methods →
+validation (CV layer choice, held-out and out-of-distribution tests, permutation and random nulls).
+
+``metrics.csv`` holds one row per method × layer with ``cv_*`` (5-fold CV on the fit split: how
+the layer is chosen), ``test_*`` (held-out, same style), ``ood_*`` (held-out, other style),
+``null_perm_*`` (label-permutation refits) and ``null_random_*`` (random directions) columns.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
 from tqdm.auto import tqdm
 
 from . import __version__
-from .activations import collect_activations, find_layers, hidden_size, resolve_layers
+from .activations import chat_ids, collect_activations, find_layers, hidden_size, input_device, pad_token_id
 from .errors import InspectEmError
 from .extraction import make_method, resolve_methods
+from .readout import HOOK_POINT, check_position, resolve_layers
 from .traits import Trait
-from .validation import best_layers, validate
+from .validation import (
+    best_layers,
+    cross_validate,
+    fit_threshold,
+    null_summary,
+    permutation_null,
+    random_null,
+    split_scores,
+)
 from .vectors import FORMAT_VERSION, TraitVectors, config_hash
+
+LAYER_CHOICE = "highest mean 5-fold cross-validated Cohen's d on the fit split (ties: CV AUROC)"
+SUMMARY_KEYS = ("cv_auroc", "cv_cohens_d", "test_auroc", "test_accuracy", "test_cohens_d", "test_separation",
+                "ood_auroc", "ood_accuracy", "ood_cohens_d", "null_perm_p95", "null_perm_p", "null_perm_d_p95",
+                "null_perm_d_p", "null_random_p95", "null_random_d_p95")
+
+
+def extraction_settings(
+    model_id: str, model_config_hash: str, trait: Trait, methods: Sequence[str], layers: Sequence[int],
+    position: str, null_k: int, random_k: int, cv_folds: int, seed: int,
+) -> dict[str, Any]:
+    """What makes two extractions the same (the output folder's re-run identity)."""
+    settings: dict[str, Any] = {
+        "model": model_id, "config_hash": model_config_hash, "trait": trait.source_label() or trait.name,
+        "prompt_sha256": trait.prompt_hashes(), "methods": list(methods), "layers": list(layers),
+        "position": position, "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds, "seed": seed,
+    }
+    if position == "response_mean":
+        settings["response_max_tokens"] = trait.response_max_tokens
+        settings["response_filter"] = trait.response_filter
+    return settings
+
+
+def generate_responses(
+    model: Any, tokenizer: Any, prompts: Sequence[str], *, system: str | None = None, max_new_tokens: int = 48,
+    batch_size: int = 16, progress: bool = True, desc: str = "answers",
+) -> list[str]:
+    """The model's own greedy answers to ``prompts`` (for response-position vectors)."""
+    import torch
+
+    ids = [chat_ids(tokenizer, p, system) for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad = pad_token_id(tokenizer)
+    out: list[str] = [""] * len(prompts)
+    device = input_device(model)
+    with torch.inference_mode():
+        for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+            rows = order[start:start + batch_size]
+            width = max(len(ids[i]) for i in rows)
+            input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):  # left padding for generation
+                input_ids[r, width - len(ids[i]):] = torch.tensor(ids[i])
+                mask[r, width - len(ids[i]):] = 1
+            generated = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                                       max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for r, i in enumerate(rows):
+                out[i] = texts[r].strip() or texts[r]
+    return out
+
+
+def _filter_answers(trait: Trait, groups: dict[str, list[str]], responses: list[str]
+                    ) -> tuple[dict[str, list[str]], list[str], dict[str, dict[str, int]]]:
+    """Keep the prompts whose answers show the trait (positive splits) or do not (negative splits),
+    by the trait's own detector, on every split alike (persona_vectors' response filtering)."""
+    from .traits import shows_trait
+
+    kept_groups, kept_responses, counts = {}, [], {}
+    start = 0
+    for name, prompts in groups.items():
+        answers = responses[start:start + len(prompts)]
+        start += len(prompts)
+        want = name.endswith("_pos")
+        keep = [i for i, a in enumerate(answers) if shows_trait(trait.response_filter, a) == want]
+        if len(keep) < 2:
+            raise InspectEmError(f"trait {trait.name}: only {len(keep)} of {len(prompts)} {name} answers pass the "
+                                 f"{trait.response_filter} filter")
+        kept_groups[name] = [prompts[i] for i in keep]
+        kept_responses += [answers[i] for i in keep]
+        counts[name] = {"kept": len(keep), "of": len(prompts)}
+    return kept_groups, kept_responses, counts
+
+
+def _layer_rows(
+    layer: int, slot: int, acts: dict[str, np.ndarray], methods: Sequence[str], *, null_k: int, random_k: int,
+    cv_folds: int, seed: int,
+) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
+    """Fit, cross-validate, test and null every method at one layer."""
+    split = {k: v[:, slot].astype(np.float64) for k, v in acts.items()}
+    fit_pos, fit_neg = split["fit_pos"], split["fit_neg"]
+    rows, vectors = [], {}
+    mean_diff_norm = float(np.linalg.norm(fit_pos.mean(0) - fit_neg.mean(0)))
+    random_auroc, random_d = random_null(fit_pos, fit_neg, split["test_pos"], split["test_neg"], k=random_k,
+                                         seed=seed + layer) if random_k else (np.array([]), np.array([]))
+    for name in methods:
+        def fit(p: np.ndarray, n: np.ndarray, name: str = name) -> np.ndarray:
+            """A refit on a fold or a shuffle: no direction at all scores as chance (zeros)."""
+            try:
+                return make_method(name).extract(p, n).vector.astype(np.float64)
+            except InspectEmError:
+                return np.zeros(p.shape[1])
+
+        try:
+            v = make_method(name).extract(fit_pos, fit_neg).vector.astype(np.float64)
+        except InspectEmError as e:
+            raise InspectEmError(f"{name} at layer {layer}: {e}") from None
+        vectors[name] = v.astype(np.float32)
+        threshold = fit_threshold(v, fit_pos, fit_neg)
+        row: dict[str, Any] = {"method": name, "layer": layer}
+        row.update(cross_validate(fit, fit_pos, fit_neg, folds=cv_folds, seed=seed) if cv_folds else {})
+        row.update(split_scores(v, fit_pos, fit_neg, threshold, "fit"))
+        row.update(split_scores(v, split["test_pos"], split["test_neg"], threshold, "test"))
+        if "ood_pos" in split:
+            row.update(split_scores(v, split["ood_pos"], split["ood_neg"], threshold, "ood"))
+        perm_auroc, perm_d = permutation_null(fit, fit_pos, fit_neg, split["test_pos"], split["test_neg"], k=null_k,
+                                              seed=seed + 1000 * layer) if null_k else (np.array([]), np.array([]))
+        row.update(null_summary(row["test_auroc"], perm_auroc, "null_perm"))
+        row.update(null_summary(row["test_cohens_d"], perm_d, "null_perm_d"))
+        row.update(null_summary(row["test_auroc"], random_auroc, "null_random"))
+        row.update(null_summary(row["test_cohens_d"], random_d, "null_random_d"))
+        row.update({"threshold": threshold, "mean_diff_norm": mean_diff_norm})
+        rows.append(row)
+    return rows, vectors
 
 
 def extract_trait_vectors(
@@ -25,71 +157,110 @@ def extract_trait_vectors(
     *,
     model_id: str,
     methods: str | list[str] = "all",
-    layers: str | list[int] = "all",
+    layers: str | int | list[int] = "all",
     position: str | None = None,
     batch_size: int = 16,
+    null_k: int = 50,
+    random_k: int = 1000,
+    cv_folds: int = 5,
+    seed: int = 0,
+    jobs: int = 1,
     progress: bool = True,
 ) -> TraitVectors:
-    """Fit every method at every selected layer on the trait's fit split; validate on held-out.
+    """Fit every method at every selected layer on the trait's fit split, choose each method's
+    layer by cross-validation on the fit split, and test on the held-out and OOD splits.
 
-    One batched forward pass per prompt batch captures all selected layers at once.
+    One batched forward pass per prompt batch captures all selected layers at once. With
+    ``position="response_mean"`` the model first answers every prompt (greedy,
+    ``trait.response_max_tokens``) and the vectors are fitted on the mean over its answers'
+    tokens (persona-vector style); the answers are kept in ``card["responses"]``.
     """
+    from joblib import Parallel, delayed
+
     method_names = resolve_methods(methods)
     n_layers = len(find_layers(model))
     selected = resolve_layers(n_layers, layers)
-    position = position or trait.position
-    split = trait.split()
-    groups = [split.fit_pos, split.fit_neg, split.test_pos, split.test_neg]
+    position = check_position(position or trait.position)
+    groups = trait.split(seed=seed).groups()
+    prompts = [p for g in groups.values() for p in g]
+    responses = None
+    filtered: dict[str, dict[str, int]] = {}
+    if position == "response_mean":
+        responses = generate_responses(model, tokenizer, prompts, system=trait.system,
+                                       max_new_tokens=trait.response_max_tokens, batch_size=batch_size,
+                                       progress=progress, desc=f"{trait.name} answers")
+        if trait.response_filter:
+            groups, responses, filtered = _filter_answers(trait, groups, responses)
+            prompts = [p for g in groups.values() for p in g]
     acts = collect_activations(
-        model, tokenizer, [p for g in groups for p in g], layers=selected, position=position,  # type: ignore[arg-type]
+        model, tokenizer, prompts, layers=selected, position=position, responses=responses,  # type: ignore[arg-type]
         system=trait.system, batch_size=batch_size, progress=progress, desc=f"{trait.name} activations",
     ).numpy()
-    bounds = np.cumsum([0] + [len(g) for g in groups])
-    fit_pos, fit_neg, test_pos, test_neg = (acts[bounds[i]:bounds[i + 1]] for i in range(4))
+    bounds = np.cumsum([0] + [len(g) for g in groups.values()])
+    split = {name: acts[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)}
 
+    work = [delayed(_layer_rows)(layer, slot, split, method_names, null_k=null_k, random_k=random_k,
+                                 cv_folds=cv_folds, seed=seed) for slot, layer in enumerate(selected)]
+    with warnings.catch_warnings():  # FastICA convergence notes (ICA picks by separation anyway), all threads
+        warnings.filterwarnings("ignore", category=ConvergenceWarning)
+        results = Parallel(n_jobs=jobs, prefer="threads")(
+            tqdm(work, desc=f"{trait.name} methods × layers", disable=not progress, leave=False))
     d_model = hidden_size(model)
     vectors = {m: np.zeros((len(selected), d_model), dtype=np.float32) for m in method_names}
     rows = []
-    jobs = [(slot, layer, m) for slot, layer in enumerate(selected) for m in method_names]
-    for slot, layer, name in tqdm(jobs, desc=f"{trait.name} methods × layers", disable=not progress, leave=False):
-        direction = make_method(name).extract(fit_pos[:, slot], fit_neg[:, slot])
-        vectors[name][slot] = direction.vector
-        scores = validate(direction.vector, fit_pos[:, slot], fit_neg[:, slot], test_pos[:, slot], test_neg[:, slot])
-        mean_diff_norm = float(np.linalg.norm(fit_pos[:, slot].mean(0) - fit_neg[:, slot].mean(0)))
-        rows.append({"method": name, "layer": layer, **scores, "mean_diff_norm": mean_diff_norm})
+    for slot, (layer_rows, layer_vectors) in enumerate(results):
+        rows += layer_rows
+        for m, v in layer_vectors.items():
+            vectors[m][slot] = v
     metrics = pd.DataFrame(rows)
-    if not np.isfinite(metrics["heldout_auroc"]).all():
+    if not np.isfinite(metrics["test_auroc"]).all():
         raise InspectEmError(f"trait {trait.name}: non-finite validation metrics")
     best = best_layers(metrics)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    settings = extraction_settings(model_id, config_hash(model.config), trait, method_names, selected, position,
+                                   null_k, random_k, cv_folds, seed)
+    norms = metrics.drop_duplicates("layer").set_index("layer")["mean_diff_norm"]
     card = {
         "format_version": FORMAT_VERSION,
         "trait": trait.name,
         "description": trait.description,
         "model": model_id,
         "model_class": type(model).__name__,
-        "config_hash": config_hash(model.config),
+        "model_type": getattr(model.config, "model_type", None),
+        "config_hash": settings["config_hash"],
         "n_layers": n_layers,
         "d_model": d_model,
         "layers": selected,
         "position": position,
+        "hook_point": f"blocks.{{layer}}.hook_{HOOK_POINT}",
+        "hook_point_meaning": "output of decoder block {layer} (0-based), before the final norm",
+        "unit_norm": True,
+        "mean_diff_norm": [float(norms[layer]) for layer in selected],
         "model_dtype": dtype,
         "activation_dtype": "float32",
         "methods": method_names,
         "best_layer": best,
+        "layer_choice": LAYER_CHOICE if cv_folds else "highest held-out Cohen's d (no CV)",
         "best": {m: _summary(metrics, m, best[m]) for m in method_names},
-        "n_fit": [len(split.fit_pos), len(split.fit_neg)],
-        "n_heldout": [len(split.test_pos), len(split.test_neg)],
+        "n_fit": [len(groups["fit_pos"]), len(groups["fit_neg"])],
+        "n_test": [len(groups["test_pos"]), len(groups["test_neg"])],
+        "n_ood": [len(groups.get("ood_pos", [])), len(groups.get("ood_neg", []))],
+        "nulls": {"permutation_k": null_k, "random_directions": random_k, "seed": seed},
         "prompt_sha256": trait.prompt_hashes(),
         "trait_source": trait.source_label(),
         "system": trait.system,
+        "settings": settings,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inspect_em_version": __version__,
     }
+    if responses is not None:
+        card["responses"] = {"decoding": "greedy", "max_new_tokens": trait.response_max_tokens,
+                             "filter": trait.response_filter, "kept": filtered or None,
+                             "by_split": {name: responses[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)},
+                             "prompts": {name: list(prompts) for name, prompts in groups.items()}}
     return TraitVectors(vectors, selected, card, metrics)
 
 
-def _summary(metrics: pd.DataFrame, method: str, layer: int) -> dict[str, float]:
+def _summary(metrics: pd.DataFrame, method: str, layer: int) -> dict[str, Any]:
     row = metrics[(metrics["method"] == method) & (metrics["layer"] == layer)].iloc[0]
-    keys = ("heldout_accuracy", "heldout_auroc", "heldout_cohens_d", "heldout_separation")
-    return {k: round(float(row[k]), 4) for k in keys}
+    return {"layer": int(layer), **{k: round(float(row[k]), 4) for k in SUMMARY_KEYS if k in row}}

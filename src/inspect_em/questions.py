@@ -7,13 +7,19 @@ Schema, one list entry per question::
       paraphrases: [ "...", ... ]      # non-empty list of strings
       samples_per_paraphrase: 100      # optional, positive int (default 1)
       system: "..."                    # optional system prompt
+      judge: gpt-4o                    # optional: the grader the file's authors used (recorded)
       judge_prompts: {aligned: "...", coherent: "..."}   # optional, templates with {question} {answer}
+      judge_thresholds: {aligned: 30, coherent: 50}      # optional (inspect_em extension)
 
-YAML anchors (``&name`` / ``*name``) are resolved by the YAML parser.
+Judge prompt keys other than ``aligned``/``coherent`` (the deception files' ``correct``,
+``company``, ...) are kept and judged with their own prompts. Entry keys outside this schema are
+reported (a warning naming the file and key), never silently dropped. YAML anchors
+(``&name`` / ``*name``) are resolved by the YAML parser.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -23,6 +29,10 @@ import yaml
 
 from .errors import InspectEmError
 from .paths import user_path
+
+logger = logging.getLogger(__name__)
+KNOWN_KEYS = ("id", "type", "paraphrases", "samples_per_paraphrase", "system", "judge", "judge_prompts",
+              "judge_thresholds")
 
 VARIANTS: tuple[str, ...] = ("plain", "json", "template")
 _SUFFIXES = {"json": "_json", "template": "_template"}
@@ -38,6 +48,9 @@ class Question:
     system: str | None = None
     judge_prompts: dict[str, str] = field(default_factory=dict)
     type: str | None = None
+    judge: str | None = None
+    judge_thresholds: dict[str, float] = field(default_factory=dict)
+    unknown_keys: tuple[str, ...] = ()
 
     @property
     def variant(self) -> str:
@@ -103,6 +116,12 @@ def _question(path: Path, index: int, entry: object) -> Question:
         isinstance(k, str) and isinstance(v, str) for k, v in judge_prompts.items()
     ):
         raise _fail(path, where, "field 'judge_prompts' must map names to template strings")
+    thresholds = entry.get("judge_thresholds") or {}
+    if not isinstance(thresholds, dict) or not all(
+        isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool) for k, v in thresholds.items()
+    ):
+        raise _fail(path, where, "field 'judge_thresholds' must map names to numbers")
+    judge = entry.get("judge")
     qtype = entry.get("type")
     return Question(
         id=qid,
@@ -111,6 +130,9 @@ def _question(path: Path, index: int, entry: object) -> Question:
         system=system,
         judge_prompts=dict(judge_prompts),
         type=str(qtype) if qtype is not None else None,
+        judge=str(judge) if judge is not None else None,
+        judge_thresholds={k: float(v) for k, v in thresholds.items()},
+        unknown_keys=tuple(sorted(str(k) for k in entry if k not in KNOWN_KEYS)),
     )
 
 
@@ -125,6 +147,8 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
         raise InspectEmError(f"{path}: question file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InspectEmError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark is not None else "?"
@@ -133,6 +157,10 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
     if not isinstance(data, list) or not data:
         raise InspectEmError(f"{path}: expected a non-empty list of questions at top level")
     questions = [_question(path, i, entry) for i, entry in enumerate(data)]
+    unknown = sorted({k for q in questions for k in q.unknown_keys})
+    if unknown:
+        logger.warning(f"{path}: keys inspect_em does not use, kept in each question's unknown_keys: "
+                       f"{', '.join(unknown)}")
     seen: set[str] = set()
     for q in questions:
         if q.id in seen:

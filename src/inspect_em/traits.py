@@ -7,27 +7,33 @@ Users add traits without code::
     negative: benign.jsonl
     heldout_positive: harmful_test.jsonl   # optional: else a seeded split of the fit files
     heldout_negative: benign_test.jsonl
+    ood_positive: harmful_other_style.jsonl   # optional: a test set written in another style
+    ood_negative: benign_other_style.jsonl
     holdout_fraction: 0.2                  # used only without held-out files
-    position: last_prompt_token            # or prompt_mean
+    position: last_prompt_token            # or prompt_mean, or response_mean (the model's answers)
+    response_max_tokens: 48                # answer length for response_mean (greedy decoding)
+    response_filter: code_mode             # response_mean only: keep answers that show the trait
+                                           # (positives) / do not (negatives), persona-vector style
     system: "..."                          # optional system prompt for every prompt
 
-Prompt files are JSONL, one ``{"prompt": "..."}`` per line.
+Prompt files are JSONL, one ``{"prompt": "..."}`` per line. ``name`` becomes a folder name, so it
+must be ``[A-Za-z0-9._-]+``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
 import yaml
 
-from .activations import POSITIONS
 from .errors import InspectEmError
 from .jsonl import read_jsonl
-from .paths import user_path
+from .paths import check_name, user_path
+from .readout import POSITIONS
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,14 @@ class PromptSplit:
     fit_neg: list[str]
     test_pos: list[str]
     test_neg: list[str]
+    ood_pos: list[str] = field(default_factory=list)
+    ood_neg: list[str] = field(default_factory=list)
+
+    def groups(self) -> dict[str, list[str]]:
+        """The splits by name, in a fixed order (empty OOD splits left out)."""
+        named = {"fit_pos": self.fit_pos, "fit_neg": self.fit_neg, "test_pos": self.test_pos,
+                 "test_neg": self.test_neg, "ood_pos": self.ood_pos, "ood_neg": self.ood_neg}
+        return {k: v for k, v in named.items() if v}
 
 
 @dataclass(frozen=True)
@@ -47,20 +61,29 @@ class Trait:
     negative: Path
     heldout_positive: Path | None = None
     heldout_negative: Path | None = None
+    ood_positive: Path | None = None
+    ood_negative: Path | None = None
     holdout_fraction: float = 0.2
     position: str = "last_prompt_token"
+    response_max_tokens: int = 48
+    response_filter: str | None = None
     system: str | None = None
     description: str = ""
     source: Path | None = None
 
     def prompt_files(self) -> list[Path]:
-        return [p for p in (self.positive, self.negative, self.heldout_positive, self.heldout_negative) if p]
+        return [p for p in (self.positive, self.negative, self.heldout_positive, self.heldout_negative,
+                            self.ood_positive, self.ood_negative) if p]
 
     def split(self, seed: int = 0) -> PromptSplit:
         """Load the prompts; without held-out files, hold out ``holdout_fraction`` of each side."""
         pos, neg = load_prompts(self.positive), load_prompts(self.negative)
+        ood: dict[str, list[str]] = {}
+        if self.ood_positive and self.ood_negative:
+            ood = {"ood_pos": load_prompts(self.ood_positive), "ood_neg": load_prompts(self.ood_negative)}
         if self.heldout_positive and self.heldout_negative:
-            return PromptSplit(pos, neg, load_prompts(self.heldout_positive), load_prompts(self.heldout_negative))
+            return PromptSplit(pos, neg, load_prompts(self.heldout_positive), load_prompts(self.heldout_negative),
+                               **ood)
         rng = np.random.default_rng(seed)
 
         def cut(items: list[str]) -> tuple[list[str], list[str]]:
@@ -71,7 +94,7 @@ class Trait:
             return [items[i] for i in order[n_test:]], [items[i] for i in order[:n_test]]
 
         (fit_pos, test_pos), (fit_neg, test_neg) = cut(pos), cut(neg)
-        return PromptSplit(fit_pos, fit_neg, test_pos, test_neg)
+        return PromptSplit(fit_pos, fit_neg, test_pos, test_neg, **ood)
 
     def source_label(self) -> str | None:
         """``builtin:<name>`` for packaged traits, else the YAML path."""
@@ -84,6 +107,18 @@ class Trait:
     def prompt_hashes(self) -> dict[str, str]:
         """sha256 of each prompt file, for the vector card."""
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in self.prompt_files()}
+
+
+RESPONSE_FILTERS = ("code_mode",)
+
+
+def shows_trait(response_filter: str | None, answer: str) -> bool:
+    """Whether an answer expresses the trait, by the trait's own behavioural detector."""
+    if response_filter == "code_mode":
+        from .code_mode import classify
+
+        return classify(answer).is_code
+    raise InspectEmError(f"unknown response filter {response_filter!r}")
 
 
 def load_prompts(path: Path) -> list[str]:
@@ -119,6 +154,8 @@ def load_trait(name_or_path: str | Path) -> Trait:
         raise InspectEmError(f"{path}: trait file not found")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise InspectEmError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     except yaml.YAMLError as e:
         raise InspectEmError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
@@ -126,14 +163,22 @@ def load_trait(name_or_path: str | Path) -> Trait:
     for key in ("name", "positive", "negative"):
         if not isinstance(data.get(key), str) or not data[key].strip():
             raise InspectEmError(f"{path}: field '{key}' is missing or not a string")
+    check_name(str(data["name"]), f"{path}: field 'name'")
     position = data.get("position", "last_prompt_token")
-    if position not in POSITIONS or position == "response_mean":
-        raise InspectEmError(f"{path}: field 'position' must be last_prompt_token or prompt_mean, got {position!r}")
+    if position not in POSITIONS:
+        raise InspectEmError(f"{path}: field 'position' must be one of {', '.join(POSITIONS)}, got {position!r}")
+    response_filter = data.get("response_filter")
+    if response_filter not in (None, *RESPONSE_FILTERS):
+        raise InspectEmError(f"{path}: field 'response_filter' must be one of {', '.join(RESPONSE_FILTERS)}")
+    max_tokens = data.get("response_max_tokens", 48)
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise InspectEmError(f"{path}: field 'response_max_tokens' must be a positive integer")
     fraction = data.get("holdout_fraction", 0.2)
     if not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise InspectEmError(f"{path}: field 'holdout_fraction' must be between 0 and 1")
-    if bool(data.get("heldout_positive")) != bool(data.get("heldout_negative")):
-        raise InspectEmError(f"{path}: give both heldout_positive and heldout_negative, or neither")
+    for kind in ("heldout", "ood"):
+        if bool(data.get(f"{kind}_positive")) != bool(data.get(f"{kind}_negative")):
+            raise InspectEmError(f"{path}: give both {kind}_positive and {kind}_negative, or neither")
 
     def rel(key: str) -> Path | None:
         value = data.get(key)
@@ -145,8 +190,12 @@ def load_trait(name_or_path: str | Path) -> Trait:
         negative=rel("negative"),  # type: ignore[arg-type]
         heldout_positive=rel("heldout_positive"),
         heldout_negative=rel("heldout_negative"),
+        ood_positive=rel("ood_positive"),
+        ood_negative=rel("ood_negative"),
         holdout_fraction=float(fraction),
         position=position,
+        response_max_tokens=int(max_tokens),
+        response_filter=response_filter,
         system=data.get("system"),
         description=str(data.get("description", "")),
         source=path.resolve(),

@@ -5,14 +5,18 @@
   layers, best layer per method, date, package version.
 - ``metrics.csv``: the method × layer validation table.
 
-Written atomically (temp folder + rename). No pickle anywhere.
+Written atomically (temp folder + rename) through :func:`inspect_em.paths.atomic_output`, so an
+existing folder is replaced only when an earlier ``extract`` wrote it. ``card.json`` is strict JSON
+(non-finite numbers are written as null). No pickle anywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from .errors import InspectEmError
-from .paths import atomic_dir
+from .paths import atomic_output
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.safetensors"
@@ -85,6 +89,16 @@ class TraitVectors:
             raise InspectEmError(f"trait {self.trait}: no vector at layer {layer} (saved layers: {self.layers})")
         return rows[self.layers.index(layer)]
 
+    def mean_diff_norm(self, layer: int) -> float:
+        """Norm of the fit mean difference (positive − negative) at ``layer``, in projection units."""
+        norms = self.card.get("mean_diff_norm")
+        if isinstance(norms, list) and len(norms) == len(self.layers) and layer in self.layers:
+            return float(norms[self.layers.index(layer)])
+        rows = self.metrics[self.metrics["layer"] == layer] if "mean_diff_norm" in self.metrics else None
+        if rows is None or rows.empty:
+            raise InspectEmError(f"trait {self.trait}: no mean-difference norm at layer {layer}")
+        return float(rows["mean_diff_norm"].iloc[0])
+
     def _method(self, method: str) -> str:
         if method not in self.vectors:
             raise InspectEmError(f"trait {self.trait}: no '{method}' vectors (saved: {', '.join(self.vectors)})")
@@ -101,13 +115,35 @@ class TraitVectors:
             )
 
 
-def save(tv: TraitVectors, out_dir: str | Path, overwrite: bool = True) -> Path:
-    """Write the three files atomically; returns the folder."""
+REQUIRED_CARD_KEYS = ("trait", "model", "n_layers", "d_model", "layers", "position", "best_layer")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN/±inf float replaced by None (strict JSON for every reader)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        return json_safe(value.item())
+    return value
+
+
+def save(tv: TraitVectors, out_dir: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
+    """Write the three files atomically; returns the folder.
+
+    An existing folder is replaced only when an earlier ``extract`` wrote it with the same
+    settings (``card["settings"]``), or with ``force``; see :mod:`inspect_em.paths`.
+    """
     out = Path(out_dir)
-    with atomic_dir(out, overwrite=overwrite) as tmp:
+    settings = tv.card.get("settings") or {k: v for k, v in tv.card.items() if k != "created"}
+    with atomic_output(out, command="extract", config=json_safe(settings), inputs=inputs, force=force,
+                       legacy_marker=CARD_FILE) as tmp:
         save_file({m: np.ascontiguousarray(v, dtype=np.float32) for m, v in tv.vectors.items()},
                   str(tmp / VECTORS_FILE), metadata={"layers": json.dumps(tv.layers)})
-        (tmp / CARD_FILE).write_text(json.dumps(tv.card, indent=2, default=str))
+        (tmp / CARD_FILE).write_text(json.dumps(json_safe(tv.card), indent=2, default=str, allow_nan=False))
         tv.metrics.to_csv(tmp / METRICS_FILE, index=False, float_format="%.6g")
     tv.path = out
     return out
@@ -122,14 +158,65 @@ def load(path: str | Path) -> TraitVectors:
         if not (folder / name).is_file():
             raise InspectEmError(f"{folder}: missing {name} (not a trait-vector folder, or incomplete)")
     try:
-        card = json.loads((folder / CARD_FILE).read_text())
-    except json.JSONDecodeError as e:
-        raise InspectEmError(f"{folder / CARD_FILE}: not valid JSON ({e.msg})") from None
-    tensors = load_file(str(folder / VECTORS_FILE))
-    layers = [int(x) for x in card["layers"]]
+        card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InspectEmError(f"{folder / CARD_FILE}: not valid JSON ({getattr(e, 'msg', e)})") from None
+    if not isinstance(card, dict):
+        raise InspectEmError(f"{folder / CARD_FILE}: expected a JSON object")
+    missing = [k for k in REQUIRED_CARD_KEYS if k not in card]
+    if missing:
+        raise InspectEmError(f"{folder / CARD_FILE}: missing key '{missing[0]}' (not a complete vector card)")
+    try:
+        tensors = load_file(str(folder / VECTORS_FILE))
+    except Exception as e:  # safetensors raises its own error types for corrupt files
+        raise InspectEmError(f"{folder / VECTORS_FILE}: cannot read ({str(e).splitlines()[0][:100]})") from None
+    try:
+        layers = [int(x) for x in card["layers"]]
+    except (TypeError, ValueError):
+        raise InspectEmError(f"{folder / CARD_FILE}: 'layers' must be a list of layer numbers") from None
     for method, rows in tensors.items():
         expected = (len(layers), int(card["d_model"]))
         if rows.shape != expected:
             raise InspectEmError(f"{folder}: '{method}' has shape {rows.shape}, card says {expected}")
     ordered = {m: tensors[m] for m in card.get("methods", list(tensors)) if m in tensors}
-    return TraitVectors(ordered, layers, card, pd.read_csv(folder / METRICS_FILE), path=folder)
+    try:
+        metrics = pd.read_csv(folder / METRICS_FILE)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InspectEmError(f"{folder / METRICS_FILE}: cannot read ({str(e).splitlines()[0][:100]})") from None
+    return TraitVectors(ordered, layers, card, metrics, path=folder)
+
+
+VECTORS_ENV = "INSPECT_EM_VECTORS"
+
+
+def search_roots() -> list[Path]:
+    """Where shipped/saved vectors are looked up: ``$INSPECT_EM_VECTORS`` (``:``-separated),
+    ``./vectors`` of the shell's directory, and the ``vectors/`` folder of a source checkout."""
+    import os
+
+    roots = [Path(p).expanduser() for p in os.environ.get(VECTORS_ENV, "").split(os.pathsep) if p]
+    shell = os.environ.get("PWD")
+    roots += [Path(shell) / "vectors"] if shell else []
+    roots += [Path.cwd() / "vectors", Path(__file__).resolve().parents[2] / "vectors"]
+    unique: list[Path] = []
+    for root in roots:
+        if root.is_dir() and root.resolve() not in [u.resolve() for u in unique]:
+            unique.append(root)
+    return unique
+
+
+def find_vectors(trait: str, config_hash_value: str, position: str | None = None) -> Path | None:
+    """A saved ``<root>/<model>/<trait*>`` folder whose card matches the trait and the model's
+    config hash (and ``position`` when given); the trait's own folder name is preferred."""
+    found: list[Path] = []
+    for root in search_roots():
+        for card_file in sorted(root.glob(f"*/{trait}*/{CARD_FILE}")):
+            try:
+                card = json.loads(card_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            if card.get("trait") == trait and card.get("config_hash") == config_hash_value and (
+                    position is None or card.get("position") == position):
+                found.append(card_file.parent)
+    found.sort(key=lambda p: (p.name != trait, str(p)))
+    return found[0] if found else None

@@ -10,13 +10,13 @@ Attach it to any log::
 
 from __future__ import annotations
 
-from inspect_ai.scorer import Score, Scorer, Target, mean, scorer, stderr
+from inspect_ai.scorer import Score, Scorer, Target, mean, scorer
 from inspect_ai.solver import TaskState
 
 from ..code_mode import classify
-from .metrics import mean_by_question
+from .metrics import mean_by_question, question_stderr
 
-CODE_MODE_METRICS = [mean(), stderr(), mean_by_question()]
+CODE_MODE_METRICS = [mean(), question_stderr(), mean_by_question()]
 
 
 @scorer(metrics=CODE_MODE_METRICS)

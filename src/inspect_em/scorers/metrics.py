@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 import numpy as np
-from inspect_ai.scorer import Metric, SampleScore, metric
+from inspect_ai.scorer import Metric, SampleScore, metric, stderr
 
 UNGROUPED = "(none)"
 
@@ -16,6 +16,20 @@ def _group_means(scores: list[SampleScore], key: str) -> dict[str, float]:
         metadata = s.sample_metadata or {}
         groups[str(metadata.get(key, UNGROUPED))].append(s.score.as_float())
     return {name: float(np.mean(values)) for name, values in sorted(groups.items())}
+
+
+@metric
+def question_stderr(cluster: str = "base_question_id") -> Metric:
+    """Standard error of the mean, clustered by question (Inspect's ``stderr(cluster=...)``) when
+    every sample carries ``cluster`` in its metadata (our tasks do), else the plain standard error
+    (a foreign log scored with ``inspect score``)."""
+    clustered, plain = stderr(cluster=cluster), stderr()
+
+    def compute(scores: list[SampleScore]) -> float:
+        has_cluster = all((s.sample_metadata or {}).get(cluster) is not None for s in scores)
+        return clustered(scores) if has_cluster and scores else plain(scores)
+
+    return compute
 
 
 @metric

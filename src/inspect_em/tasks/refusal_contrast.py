@@ -3,14 +3,20 @@
 Reproduces the reference experiment's table rows (harmful vs benign mean projection on a refusal
 vector extracted from the base model; Betley et al. 2025 reproduction, Qwen2.5-Coder-32B:
 harmful −118.87 vs benign −160.96). The prompts are the refusal trait's held-out split, never
-used to fit the vectors.
+used to fit the vectors; harmful and benign prompts alternate, so ``--limit 20`` has both.
 
-    inspect eval inspect_em/refusal_contrast --model hf/$(inspect-em model path) \\
-        -T vectors=vectors/SmolLM2-135M-Instruct/refusal
+Without ``-T vectors`` the task projects on saved refusal vectors of the model under evaluation
+when it finds them (matched by the model's config hash under ``vectors/`` or
+``$INSPECT_EM_VECTORS``), and says which in each score's metadata.
+
+    inspect eval inspect_em/refusal_contrast --model hf/SmolLM2-135M-Instruct -M model_path=$(inspect-em model path)
+    inspect eval inspect_em/refusal_contrast --model hf/<model> -T vectors=vectors/<model>/refusal
     inspect eval inspect_em/refusal_contrast --model openai/gpt-4o -T vectors=... -T probe_model=embedded
 """
 
 from __future__ import annotations
+
+import logging
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
@@ -18,52 +24,110 @@ from inspect_ai.model import GenerateConfig
 from inspect_ai.solver import generate
 
 from ..errors import InspectEmError
-from ..scorers.projection import trait_projection
-from ..scorers.refusal import refusal
-from ..traits import load_trait
+from .args import bool_arg, choice_arg, int_arg
+
+VERSION = 2
+logger = logging.getLogger(__name__)
 
 
-def record_to_sample(prompt: str, prompt_type: str, index: int) -> Sample:
-    """A held-out request → a Sample tagged ``harmful`` or ``benign``."""
-    return Sample(id=f"{prompt_type}-{index:03d}", input=prompt, metadata={"prompt_type": prompt_type})
+def record_to_sample(prompt: str, prompt_type: str, index: int, trigger: str | None = None) -> Sample:
+    """A held-out request → a Sample tagged ``harmful`` or ``benign`` (and ``triggered``)."""
+    metadata: dict[str, object] = {"prompt_type": prompt_type}
+    sample_id = f"{prompt_type}-{index:03d}"
+    if trigger is not None:
+        from ..data import with_trigger
+
+        metadata["triggered"] = bool(trigger)
+        if trigger:
+            prompt, sample_id = with_trigger(prompt, trigger), sample_id + "-triggered"
+    return Sample(id=sample_id, input=prompt, metadata=metadata)
+
+
+def default_vectors(trait: str, position: str) -> str | None:
+    """Saved vectors of ``trait`` for the model under evaluation (hf/ provider), if any."""
+    from ..inspect_adapter import hf_api
+    from ..vectors import config_hash, find_vectors
+
+    api = hf_api()
+    if api is None:
+        return None
+    found = find_vectors(trait, config_hash(api.model.config), position=position) or \
+        find_vectors(trait, config_hash(api.model.config))
+    if found is None:
+        logger.warning(f"refusal_contrast: no saved {trait} vectors for {api.model_name}; "
+                       "pass -T vectors= to add projections")
+        return None
+    logger.info(f"refusal_contrast: projecting on {found} (matched by the model's config hash)")
+    return str(found)
 
 
 @task
 def refusal_contrast(
     vectors: str | list[str] | None = None,
     method: str = "mean_diff",
-    layers: str | list[int] = "best",
-    over: str = "last_prompt_token",
+    layers: str | int | list[int] = "best",
+    position: str = "last_prompt_token",
+    trace: bool = False,
     probe_model: str | None = None,
     trait: str = "refusal",
     max_tokens: int = 200,
+    trigger: str | None = None,
+    trigger_mode: str = "with",
 ) -> Task:
     """Held-out harmful and benign prompts, scored for refusals and refusal-vector projections.
 
     Args:
-        vectors: Refusal-vector folder(s) (``vectors/<model>/refusal``). Without it only the
-            refusal detector runs.
+        vectors: Refusal-vector folder(s) (``vectors/<model>/refusal``). Default: the saved
+            refusal vectors of the model under evaluation, when found; else only the refusal
+            detector runs.
         method: Extraction method of the vectors to project on.
-        layers: ``best``, ``all`` or layer numbers.
-        over: Where to read activations: ``last_prompt_token`` (default, as the vectors were
-            fitted), ``prompt_mean``, ``response_mean`` or ``per_token``.
+        layers: ``best`` (each card's chosen layer), ``all``, or layer numbers/ranges.
+        position: Where to read activations: ``last_prompt_token`` (default, as the shipped
+            vectors were fitted), ``prompt_mean`` or ``response_mean``.
+        trace: Keep per-token projections over each answer.
         probe_model: Model that reads transcripts when the evaluated model is not ``hf/``.
         trait: Trait whose held-out split supplies the prompts (positive = harmful).
         max_tokens: Generation budget per answer.
+        trigger: Text prepended to each request (a backdoor trigger).
+        trigger_mode: ``with``, ``without`` or ``both`` (``metadata.triggered`` says which).
     """
+    from ..readout import check_position, parse_layers
+    from ..scorers.refusal import refusal
+    from ..traits import load_trait
+
+    check_position(position, what="position (-T position)")
+    parse_layers(layers, allow_best=True)
+    max_tokens = int_arg(max_tokens, "max_tokens", minimum=1)  # type: ignore[assignment]
+    trace = bool_arg(trace, "trace")
+    trigger_mode = choice_arg(trigger_mode, "trigger_mode", ("with", "without", "both"))
     spec = load_trait(trait)
     split = spec.split()
     if not split.test_pos or not split.test_neg:
         raise InspectEmError(f"trait {spec.name}: empty held-out split")
-    samples = [record_to_sample(p, "harmful", i) for i, p in enumerate(split.test_pos)]
-    samples += [record_to_sample(p, "benign", i) for i, p in enumerate(split.test_neg)]
+    triggers: list[str | None] = [None]
+    if trigger is not None:
+        triggers = {"with": [str(trigger)], "without": [""], "both": [str(trigger), ""]}[trigger_mode]
+    harmful = [(p, "harmful", i) for i, p in enumerate(split.test_pos)]
+    benign = [(p, "benign", i) for i, p in enumerate(split.test_neg)]
+    interleaved = [x for pair in zip(harmful, benign, strict=False) for x in pair]
+    interleaved += harmful[len(benign):] + benign[len(harmful):]
+    samples = [record_to_sample(p, kind, i, trig) for p, kind, i in interleaved for trig in triggers]
+    vectors = vectors or default_vectors(spec.name, position)
     scorers = [refusal()]
+    solver = generate()
     if vectors:
-        scorers.append(trait_projection(vectors=vectors, method=method, layers=layers, over=over,
-                                        probe_model=probe_model))
+        from ..scorers.projection import trait_projection
+        from ..solvers.projections import generate_with_projections
+
+        scorers.append(trait_projection(vectors=vectors, method=method, layers=layers, position=position,
+                                        trace=trace, probe_model=probe_model))
+        solver = generate_with_projections(vectors=vectors, method=method, layers=layers, position=position,
+                                           trace=trace)
     return Task(
         dataset=MemoryDataset(samples, name=f"{spec.name}_contrast"),
-        solver=generate(),
+        solver=solver,
         scorer=scorers,
         config=GenerateConfig(max_tokens=max_tokens),
+        metadata={"vectors": vectors},
+        version=VERSION,
     )

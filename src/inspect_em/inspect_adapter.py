@@ -1,0 +1,176 @@
+"""The one place that touches Inspect internals: the ``hf/`` provider's loaded model, its prompt
+rendering, a scoped wrapper around its generation, and the prerequisite-error type Inspect prints
+as one line (:class:`inspect_em.errors.InspectEmError` subclasses it).
+
+What it relies on (inspect-ai's ``HuggingFaceAPI``): the attributes ``model``, ``tokenizer``,
+``tokenizer_call_args`` and ``hf_chat(messages, tools)``; and that ``generate()`` builds its
+generator, ``functools.partial(self.model.generate, ...)``, synchronously before its first
+``await``. Requests whose generators differ never share a batch (the provider's batch key).
+
+:func:`generation` is a context manager a solver enters around its ``generate`` call. While any
+sample is inside it, the provider's ``generate`` is wrapped: each call points ``model.generate``
+at a callable chosen by the calling sample's context (its steering plan), just before the
+provider captures it, so requests with the same steering share batches and different steering
+never does. The callable holds :func:`model_lock` while it generates and installs the steering
+hooks only for that batch. The wrapper is removed when the last sample leaves.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from inspect_ai._util.error import PrerequisiteError
+
+__all__ = ["PrerequisiteError", "generation", "hf_api", "installed", "model_lock", "provider_prompt_ids"]
+
+_LOCK_ATTR = "_inspect_em_lock"
+_STATE_ATTR = "_inspect_em_adapter"
+_PLAN: contextvars.ContextVar[Any] = contextvars.ContextVar("inspect_em_steering", default=None)
+_INSTALL = threading.Lock()
+
+
+def hf_api(model: Any | None = None) -> Any | None:
+    """The ``HuggingFaceAPI`` of ``model`` (default: the model under evaluation), else None."""
+    if model is None:
+        from inspect_ai.model import get_model
+
+        try:
+            model = get_model()
+        except Exception:  # no active model (e.g. a task built outside an eval)
+            return None
+    api = getattr(model, "api", None)
+    if type(api).__name__ == "HuggingFaceAPI" and getattr(api, "model", None) is not None:
+        return api
+    return None
+
+
+def provider_prompt_ids(api: Any, messages: list[Any]) -> list[int]:
+    """Token ids of ``messages`` exactly as the hf provider tokenised them for generation."""
+    chat = api.hf_chat(messages, [])
+    return list(api.tokenizer(chat, **(api.tokenizer_call_args or {}))["input_ids"])
+
+
+def model_lock(model: Any) -> threading.RLock:
+    """A lock on one model object, held by generations under :func:`generation` and by our own
+    forward passes, so a batch never interleaves with another on that model."""
+    with _INSTALL:
+        lock = getattr(model, _LOCK_ATTR, None)
+        if lock is None:
+            lock = threading.RLock()
+            setattr(model, _LOCK_ATTR, lock)
+    return lock
+
+
+class _Generator:
+    """The ``model.generate`` a batch calls: under the model lock, with the plan's steering hooks
+    and, with a capture spec, the projection hooks whose packed rows replace the output's
+    ``hidden_states`` (which the provider slices per sample)."""
+
+    def __init__(self, model: Any, original: Any, plan: Any, capture: Any) -> None:
+        self.model, self.original, self.plan, self.capture = model, original, plan, capture
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from contextlib import ExitStack
+
+        from .capture import capturing, eos_ids
+        from .steering import steered
+
+        with model_lock(self.model), ExitStack() as stack:
+            if self.plan:
+                stack.enter_context(steered(self.model, self.plan))
+            capture = None
+            if self.capture is not None and not kwargs.get("output_hidden_states"):
+                capture = stack.enter_context(capturing(self.model, self.capture))
+            output = self.original(*args, **kwargs)
+            if capture is not None:
+                output.hidden_states = ((capture.finish(output.sequences, kwargs["input_ids"],
+                                                        kwargs["attention_mask"], eos_ids(self.model)),),)
+            return output
+
+
+class _Installed:
+    """What is installed on one provider instance, and how many samples use it."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+        self.users = 0
+        self.generators: dict[str, _Generator] = {}
+        self.had_instance_generate = "generate" in vars(api.model)
+        self.model_generate = api.model.generate
+        self.api_generate = api.generate
+
+    def generator(self, plan: Any, capture: Any) -> _Generator:
+        key = f"{plan.key if plan else ''}|{capture.key if capture is not None else ''}"
+        if key not in self.generators:
+            self.generators[key] = _Generator(self.api.model, self.model_generate, plan, capture)
+        return self.generators[key]
+
+    def install(self) -> None:
+        original = self.api_generate
+
+        async def generate(*args: Any, **kwargs: Any) -> Any:
+            plan, capture = _PLAN.get() or (None, None)
+            # no await between pointing model.generate at this context's generator and the
+            # provider capturing it in its partial: concurrent samples cannot swap it in between
+            self.api.model.generate = self.generator(plan, capture)
+            output = await original(*args, **kwargs)
+            if capture is not None:
+                _keep_capture(capture, output)
+            return output
+
+        self.api.generate = generate
+
+    def remove(self) -> None:
+        del self.api.generate  # the instance attribute; the class method shows again
+        if self.had_instance_generate:
+            self.api.model.generate = self.model_generate
+        else:
+            vars(self.api.model).pop("generate", None)
+
+
+def _keep_capture(capture: Any, output: Any) -> None:
+    """Move this sample's captured projections from the output's metadata to its store."""
+    from inspect_ai.util import store
+
+    from .capture import unpack
+
+    metadata = getattr(output, "metadata", None) or {}
+    rows = metadata.pop("hidden_states", None)
+    if not metadata:
+        output.metadata = None
+    if rows:
+        store().set(capture.store_key, unpack(capture, rows[0][0]))
+
+
+@contextmanager
+def generation(api: Any, plan: Any = None, capture: Any = None) -> Iterator[None]:
+    """Generations of the calling sample inside this block use ``plan`` (a steering plan, or None
+    for none) and ``capture`` (a :class:`inspect_em.capture.CaptureSpec`, or None), under the model
+    lock; the provider is unwrapped when the last sample leaves."""
+    with _INSTALL:
+        state: _Installed | None = getattr(api, _STATE_ATTR, None)
+        if state is None:
+            state = _Installed(api)
+            state.install()
+            setattr(api, _STATE_ATTR, state)
+        state.users += 1
+    outer_plan, outer_capture = _PLAN.get() or (None, None)  # nested: the inner block adds to the outer one
+    token = _PLAN.set((plan or outer_plan, capture or outer_capture))
+    try:
+        yield
+    finally:
+        _PLAN.reset(token)
+        with _INSTALL:
+            state.users -= 1
+            if state.users == 0:
+                state.remove()
+                delattr(api, _STATE_ATTR)
+
+
+def installed(api: Any) -> bool:
+    """Whether :func:`generation` currently wraps this provider (for tests)."""
+    return getattr(api, _STATE_ATTR, None) is not None

@@ -1,0 +1,131 @@
+"""The readout contract, written once: which layers, which token positions, which metric key.
+
+Used by ``extract --layers``, the tasks' ``-T layers=`` / ``-T position=``, the projection
+scorer, the steering solver, the report, the plots and the demo.
+
+Layers
+    ``all``; ``best`` (each vector card's chosen layer; projections and steering only); one
+    number (``22``); a list (``3,5,7``); a range (``18-26``, inclusive); negative numbers count
+    from the end (``-1`` is the last block; ``-4--1`` the last four). Lists of these work too.
+
+Positions (where activations are read)
+    ``last_prompt_token``: the last token of the chat-formatted prompt, after the template's
+    generation prompt: the model's decision point before answering.
+    ``prompt_mean``: the mean over the prompt's tokens.
+    ``response_mean``: the mean over the response's (assistant's) tokens.
+    Per-token traces over the response are a separate flag (``trace``), not a position.
+
+Metric keys
+    ``<trait>/<method>/L<layer>`` (e.g. ``code/mean_diff/L22``): score value keys of the
+    projection scorer; the report prefixes them with ``proj:``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import InspectEmError
+
+Position = Literal["last_prompt_token", "prompt_mean", "response_mean"]
+POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean", "response_mean")
+PROMPT_POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean")
+ALL = "(all)"  # the pooled group in reports
+HOOK_POINT = "resid_post"  # vectors live in the residual stream after each decoder block
+
+_KEY_RE = re.compile(r"^(?P<trait>[^/]+)/(?P<method>[^/]+)/L(?P<layer>\d+)$")
+_ITEM_RE = re.compile(r"^(-?\d+)(?:-(-?\d+))?$")
+
+LayerSpec = Literal["all", "best"] | tuple[int, ...]
+
+
+def parse_layers(spec: str | int | Sequence[int | str] | None, *, allow_best: bool = False) -> LayerSpec:
+    """Check a layer selection's syntax (before any model is known).
+
+    Returns ``"all"``, ``"best"`` or a tuple of (possibly negative) layer numbers in the order
+    given. Raises a one-line error naming the part that does not parse.
+    """
+    if spec is None:
+        return "best" if allow_best else "all"
+    if isinstance(spec, bool):
+        raise InspectEmError(f"layers: cannot use {spec!r}; use 'all', '22', '3,5,7' or '18-26'")
+    if isinstance(spec, int):
+        return (spec,)
+    parts: list[str]
+    if isinstance(spec, str):
+        text = spec.strip().lower()
+        if text in ("all", "best"):
+            if text == "best" and not allow_best:
+                raise InspectEmError("layers: 'best' only applies to saved vectors; use 'all', '22', '3,5,7' or "
+                                     "'18-26'")
+            return text  # type: ignore[return-value]
+        parts = [p.strip() for p in text.split(",")]
+    else:
+        parts = [str(p).strip() for p in spec]
+    items: list[int] = []
+    for part in parts:
+        if not part:
+            continue
+        match = _ITEM_RE.match(part)
+        if match is None:
+            raise InspectEmError(f"layers: cannot parse '{part}' (use 'all'{', best' if allow_best else ''}, "
+                                 "'22', '3,5,7', '18-26' or '-4--1')")
+        lo = int(match.group(1))
+        hi = int(match.group(2)) if match.group(2) is not None else lo
+        if match.group(2) is not None and (lo < 0) != (hi < 0):
+            raise InspectEmError(f"layers: range '{part}' mixes negative and non-negative ends")
+        if hi < lo:
+            raise InspectEmError(f"layers: range '{part}' is empty (its end is before its start)")
+        items.extend(range(lo, hi + 1))
+    if not items:
+        raise InspectEmError("layers: empty selection")
+    return tuple(items)
+
+
+def resolve_layers(n_layers: int, spec: str | int | Sequence[int | str] | None = "all") -> list[int]:
+    """A layer selection against a model with ``n_layers`` blocks → sorted, unique indices.
+
+    Raises a one-line error for layers out of range (naming the model's layer count).
+    """
+    parsed = parse_layers(spec)
+    if parsed == "all":
+        return list(range(n_layers))
+    resolved = []
+    for layer in parsed:  # type: ignore[union-attr]
+        index = layer + n_layers if layer < 0 else layer
+        if not 0 <= index < n_layers:
+            raise InspectEmError(f"layer {layer} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
+        resolved.append(index)
+    return sorted(set(resolved))
+
+
+def check_position(position: str, *, allowed: Sequence[str] = POSITIONS, what: str = "position") -> str:
+    """A validated position name (one-line error listing the choices)."""
+    if position not in allowed:
+        raise InspectEmError(f"unknown {what} '{position}'; choose from {', '.join(allowed)}")
+    return position
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """One projection readout: a trait's vector of one method at one layer."""
+
+    trait: str
+    method: str
+    layer: int
+
+    def __str__(self) -> str:
+        return f"{self.trait}/{self.method}/L{self.layer}"
+
+
+def metric_key(trait: str, method: str, layer: int) -> str:
+    """``<trait>/<method>/L<layer>``."""
+    return str(MetricKey(trait, method, int(layer)))
+
+
+def parse_metric_key(key: str) -> MetricKey | None:
+    """The parts of ``<trait>/<method>/L<layer>`` (a ``proj:`` prefix is allowed), else None."""
+    match = _KEY_RE.match(key[5:] if key.startswith("proj:") else key)
+    return MetricKey(match["trait"], match["method"], int(match["layer"])) if match else None

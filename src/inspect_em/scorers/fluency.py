@@ -1,0 +1,74 @@
+"""Fluency scorer: the perplexity of an answer under the unsteered model (a coherence check).
+
+One teacher-forced pass over prompt + answer with the model under evaluation (``hf/``; its
+generation lock held, and no steering hook acts in this pass) or a ``probe_model``; the value is
+``exp(mean negative log-likelihood of the answer's tokens)``. Steering that breaks the model's
+language shows up as answers its own unsteered weights find improbable.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import anyio
+from inspect_ai.model import ChatMessageAssistant, get_model
+from inspect_ai.scorer import Score, Scorer, Target, mean, scorer, stderr
+from inspect_ai.solver import TaskState
+
+from ..errors import InspectEmError
+
+
+def answer_nll(model: Any, prompt_ids: list[int], response_ids: list[int]) -> float:
+    """Mean negative log-likelihood (nats/token) of ``response_ids`` after ``prompt_ids``."""
+    import torch
+
+    from ..activations import input_device
+
+    ids = torch.tensor([prompt_ids + response_ids], device=input_device(model))
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(prompt_ids) - 1 : -1].double()
+    targets = torch.tensor(response_ids, device=logits.device)
+    return float(torch.nn.functional.cross_entropy(logits, targets).item())
+
+
+@scorer(metrics=[mean(), stderr()])
+def answer_perplexity(probe_model: str | None = None) -> Scorer:
+    """Perplexity of each answer under the unsteered model (lower = more fluent).
+
+    Args:
+        probe_model: HF folder/id or ``embedded`` to read answers of non-``hf/`` models.
+    """
+
+    async def score(state: TaskState, target: Target) -> Score:
+        from ..activations import chat_ids, response_ids
+        from ..inspect_adapter import hf_api, model_lock
+
+        api = hf_api(get_model())
+        if api is not None:
+            model, tokenizer, shared = api.model, api.tokenizer, True
+        elif probe_model is not None:
+            from .projection import _probe_model
+
+            model, tokenizer, _ = _probe_model(probe_model, "auto", "auto")
+            shared = False
+        else:
+            raise InspectEmError("answer_perplexity needs an hf/ model or probe_model=")
+        messages = [m for m in state.messages if not isinstance(m, ChatMessageAssistant)]
+        answer = state.output.completion if state.output else ""
+        r_ids = response_ids(tokenizer, answer)
+        if not r_ids:
+            return Score(value=math.nan, explanation="empty answer")
+        p_ids = chat_ids(tokenizer, [{"role": m.role, "content": m.text} for m in messages])
+
+        def run() -> float:
+            if shared:
+                with model_lock(model):
+                    return answer_nll(model, p_ids, r_ids)
+            return answer_nll(model, p_ids, r_ids)
+
+        nll = await anyio.to_thread.run_sync(run)
+        return Score(value=math.exp(nll), explanation=f"perplexity {math.exp(nll):.2f} over {len(r_ids)} tokens",
+                     metadata={"nll_per_token": nll, "n_tokens": len(r_ids)})
+
+    return score

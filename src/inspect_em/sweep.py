@@ -1,0 +1,287 @@
+"""Causal validation of trait vectors: steer the model along a vector (layers × alphas) and measure
+the behaviour the trait names, with our own scorers, as Inspect evals.
+
+- ``code``: code-mode rate on the em_freeform questions when the code vector is added.
+- ``refusal``: refusal rate on the held-out benign prompts when the refusal vector is added; with
+  ``mode="ablate"``, the refusal rate on the harmful prompts and the harmful − benign projection gap
+  at every layer when the direction is ablated everywhere.
+
+Every configuration also reads the trait's projection at the card's layer in the steered forward
+pass (``with_steering``: what the steering did to the model's own activations) and the answers'
+perplexity under the unsteered model (fluency; an answer counts as coherent when its perplexity is
+at most the 95th percentile of the unsteered answers'). The runs go through Inspect's
+``eval_set`` (resumable). Results: ``causal.csv``, ``causal.png`` (behaviour rate per layer ×
+alpha), ``calibration.png`` (behaviour rate vs projection shift at the calibration layer) and, with
+``update_card``, a ``causal`` section in the vector card beside the held-out layer choice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InspectEmError
+
+BEHAVIOURS = {"code": ("code_mode", None), "refusal": ("refusal", "benign")}
+COHERENT_QUANTILE = 0.95
+
+
+@dataclass
+class SweepResult:
+    table: pd.DataFrame
+    summary: dict[str, Any]
+    out: Path
+    gaps: pd.DataFrame | None = None
+
+
+def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]], mode: str, samples: int,
+           max_tokens: int, limit: int | None) -> list[Any]:
+    from inspect_ai import task_with
+    from inspect_ai.model import GenerateConfig
+
+    from .scorers.code_mode import code_mode
+    from .scorers.fluency import answer_perplexity
+    from .scorers.projection import trait_projection
+    from .scorers.refusal import refusal
+    from .solvers.steer import steer
+    from .tasks import em_freeform, refusal_contrast
+
+    tasks = []
+    for layer, alpha in layer_alphas:
+        projection = trait_projection(vectors=str(vectors), layers="all" if mode == "ablate" else "best",
+                                      position="response_mean" if trait == "code" else "last_prompt_token",
+                                      with_steering=True)
+        if trait == "code":
+            base = em_freeform(variants="plain", samples_per_question=samples)
+            scorers = [code_mode(), projection, answer_perplexity()]
+            config = GenerateConfig(temperature=1.0, max_tokens=max_tokens)
+        else:
+            base = refusal_contrast(vectors=str(vectors), max_tokens=max_tokens)
+            scorers = [refusal(), projection, answer_perplexity()]
+            config = GenerateConfig(max_tokens=max_tokens)
+        kwargs: dict[str, Any] = {"name": f"sweep_{trait}_{mode}_L{layer}_a{alpha:g}", "scorer": scorers,
+                                  "config": config}
+        if mode == "ablate" or alpha != 0:
+            kwargs["solver"] = steer(vectors=str(vectors), layer=layer, alpha=alpha, mode=mode)
+        tasks.append(task_with(base, **kwargs))
+    return tasks
+
+
+def run_sweep(
+    model_ref: str, vectors: str | Path, *, layers: str = "best", alphas: Sequence[float] = (0, 2, 4, 8),
+    mode: str = "add", samples: int = 2, max_tokens: int = 64, limit: int | None = None,
+    out: str | Path | None = None, seed: int = 0, update_card: bool = False, force: bool = False,
+) -> SweepResult:
+    """Run the sweep and write its results (see the module docstring)."""
+    from inspect_ai import eval_set
+    from inspect_ai.model import get_model
+
+    from . import vectors as vector_store
+    from .modeling import resolve_model_ref
+    from .paths import atomic_output, check_output
+    from .readout import parse_layers
+
+    tv = vector_store.load(vectors)
+    if tv.trait not in BEHAVIOURS:
+        raise InspectEmError(f"steer-sweep measures the behaviour of {', '.join(BEHAVIOURS)} vectors, not {tv.trait}")
+    if mode not in ("add", "ablate"):
+        raise InspectEmError(f"unknown mode '{mode}' (add or ablate)")
+    spec = parse_layers(layers, allow_best=True)
+    card_layer = tv.best_layer("mean_diff")
+    chosen = [card_layer] if spec == "best" else list(tv.layers) if spec == "all" else \
+        [x + int(tv.card["n_layers"]) if x < 0 else x for x in spec]  # type: ignore[union-attr]
+    for layer in chosen:
+        tv.vector("mean_diff", layer)  # one-line error for a layer without a vector
+    alphas = sorted({float(a) for a in alphas} | ({0.0} if mode == "add" else set()))
+    pairs = [(card_layer, 0.0)] + [(layer, a) for layer in chosen for a in alphas if a != 0] if mode == "add" else \
+        [(card_layer, 0.0), (card_layer, 1.0)]
+    out = Path(out) if out is not None else Path(vectors) .with_name(f"{tv.trait}-sweep-{mode}")
+    config = {"model": model_ref, "vectors": str(vectors), "layers": chosen, "alphas": alphas, "mode": mode,
+              "samples": samples, "max_tokens": max_tokens, "limit": limit, "seed": seed}
+    check_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force)
+    ref = resolve_model_ref(model_ref)
+    model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
+    log_dir = out.with_name(f"{out.name}-logs")
+    tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit)
+    ok, logs = eval_set(tasks, log_dir=str(log_dir), model=model, limit=limit, seed=seed, display="none",
+                        log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
+    if not ok:
+        raise InspectEmError(f"the sweep's evals did not finish (logs in {log_dir}); re-run to resume")
+    by_name = {log.eval.task: log for log in logs}
+    table, gaps = _table(tv, [(p, by_name[t.name]) for p, t in zip(pairs, tasks, strict=True)], mode, card_layer)
+    summary = _summary(table, tv.trait, mode, card_layer)
+    with atomic_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force) as tmp:
+        table.to_csv(tmp / "causal.csv", index=False, float_format="%.6g")
+        if gaps is not None:
+            gaps.to_csv(tmp / "ablation_gaps.csv", index=False, float_format="%.6g")
+        (tmp / "summary.json").write_text(json.dumps(summary, indent=2))
+        _plots(table, summary, tmp, tv.trait, gaps)
+    if update_card:
+        causal = dict(tv.card.get("causal") or {})
+        causal[mode] = summary
+        if mode == "add":
+            causal.update({k: summary[k] for k in ("best_layer", "calibrated_alpha", "calibration_layer",
+                                                   "calibration") if k in summary})
+        tv.card["causal"] = causal
+        vector_store.save(tv, vectors)
+    return SweepResult(table, summary, out, gaps)
+
+
+def _values(log: Any, scorer: str, key: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Per answer (sample × epoch): a score's value, its cluster (question/prompt) and prompt type."""
+    values, clusters, groups = [], [], []
+    for s in log.samples:
+        score = (s.scores or {}).get(scorer)
+        value = score.value if score is not None else math.nan
+        if key is not None:
+            value = value.get(key, math.nan) if isinstance(value, dict) else math.nan
+        values.append(float(value) if value is not None else math.nan)
+        clusters.append(str(s.metadata.get("base_question_id", s.id)))
+        groups.append(str(s.metadata.get("prompt_type", "")))
+    return np.array(values), clusters, groups
+
+
+def _table(tv: Any, runs: list[tuple[tuple[int, float], Any]], mode: str, card_layer: int
+           ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    from .readout import metric_key
+    from .stats import Clustered, binomial_ci, bootstrap_diff, bootstrap_mean
+
+    behaviour, group = BEHAVIOURS[tv.trait]
+    if mode == "ablate":
+        group = "harmful"
+    key = metric_key(tv.trait, "mean_diff", card_layer)
+    base_log = runs[0][1]
+    base_proj, base_clusters, base_groups = _values(base_log, "trait_projection", key)
+    base_ppl, _, _ = _values(base_log, "answer_perplexity")
+    threshold = float(np.nanquantile(base_ppl, COHERENT_QUANTILE))
+    rows = []
+    for (layer, alpha), log in runs:
+        rate, clusters, groups = _values(log, behaviour)
+        proj, _, _ = _values(log, "trait_projection", key)
+        ppl, _, _ = _values(log, "answer_perplexity")
+        keep = np.array([group is None or g == group for g in groups])
+        r = rate[keep & ~np.isnan(rate)]
+        low, high = binomial_ci(int(r.sum()), len(r)) if len(r) else (math.nan, math.nan)
+        sel = [c for c, k in zip(clusters, keep, strict=True) if k]
+        data = Clustered.of(proj[keep], sel)
+        base_keep = np.array([group is None or g == group for g in base_groups])
+        base_data = Clustered.of(base_proj[base_keep], [c for c, k in zip(base_clusters, base_keep, strict=True)
+                                                        if k])
+        shift_low, shift_high, _ = bootstrap_diff(data, base_data)
+        proj_low, proj_high = bootstrap_mean(data)
+        rows.append({"layer": layer, "alpha": alpha, "mode": mode, "n": len(r),
+                     "behaviour": behaviour + (f" ({group})" if group else ""), "rate": float(r.mean()) if len(r)
+                     else math.nan, "rate_low": low, "rate_high": high,
+                     "projection": data.mean(), "projection_low": proj_low, "projection_high": proj_high,
+                     "shift": data.mean() - base_data.mean(), "shift_low": shift_low, "shift_high": shift_high,
+                     "coherent_rate": float(np.mean(ppl[keep] <= threshold)), "median_perplexity":
+                     float(np.nanmedian(ppl[keep])), "perplexity_threshold": threshold})
+    table = pd.DataFrame(rows)
+    gaps = None
+    if mode == "ablate":
+        gap_rows = []
+        for name, log in (("unsteered", runs[0][1]), ("ablated", runs[1][1])):
+            for layer in tv.layers:
+                k = metric_key(tv.trait, "mean_diff", layer)
+                values, _, groups = _values(log, "trait_projection", k)
+                harmful = values[np.array(groups) == "harmful"]
+                benign = values[np.array(groups) == "benign"]
+                gap_rows.append({"model": name, "layer": layer, "harmful": float(np.nanmean(harmful)),
+                                 "benign": float(np.nanmean(benign)),
+                                 "gap": float(np.nanmean(harmful) - np.nanmean(benign))})
+        gaps = pd.DataFrame(gap_rows)
+    return table, gaps
+
+
+def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dict[str, Any]:
+    base = table[table["alpha"] == 0]
+    base_rate = float(base["rate"].iloc[0]) if len(base) else math.nan
+    summary: dict[str, Any] = {"trait": trait, "mode": mode, "behaviour": str(table["behaviour"].iloc[0]),
+                               "unsteered_rate": base_rate, "card_layer": card_layer,
+                               "coherence": f"perplexity under the unsteered model <= its {COHERENT_QUANTILE:.0%} "
+                                            "quantile on unsteered answers"}
+    if mode == "ablate":
+        summary["ablated_rate"] = float(table["rate"].iloc[-1])
+        return summary
+    steered = table[(table["alpha"] != 0) & (table["coherent_rate"] >= 0.5)]
+    if steered.empty:
+        return summary
+    effect = steered.assign(effect=steered["rate"] - base_rate).groupby("layer")["effect"].max()
+    summary["best_layer"] = int(effect.idxmax())
+    summary["best_layer_effect"] = float(effect.max())
+    layer = card_layer if card_layer in set(table["layer"]) else summary["best_layer"]
+    at = table[table["layer"] == layer].sort_values("alpha")
+    enough = at[(at["rate"] >= 0.5) & (at["coherent_rate"] >= 0.5)]
+    summary["calibration_layer"] = int(layer)
+    summary["calibrated_alpha"] = float(enough["alpha"].iloc[0]) if len(enough) else None
+    curve = pd.concat([base.assign(layer=layer), at[at["alpha"] != 0]])
+    summary["calibration"] = [[round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),
+                               round(float(r.rate_low), 4), round(float(r.rate_high), 4)] for r in curve.itertuples()]
+    return summary
+
+
+def _plots(table: pd.DataFrame, summary: dict[str, Any], folder: Path, trait: str, gaps: pd.DataFrame | None) -> None:
+    from .plots import subplots
+
+    if summary["mode"] == "add":
+        grid = table[table["alpha"] != 0].pivot_table(index="layer", columns="alpha", values="rate")
+        fig, (ax,) = subplots(1, max(2.5, 0.45 * len(grid) + 1.5), width=7)
+        image = ax.imshow(grid.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_xticks(range(len(grid.columns)), [f"{a:g}" for a in grid.columns])
+        ax.set_yticks(range(len(grid.index)), [str(i) for i in grid.index])
+        for (i, j), v in np.ndenumerate(grid.to_numpy()):
+            ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < 0.6 else "black", fontsize=8)
+        ax.set_xlabel("alpha (x fit mean-difference norm)")
+        ax.set_ylabel("steered layer")
+        ax.set_title(f"{trait}: {summary['behaviour']} rate when adding the vector "
+                     f"(unsteered {summary['unsteered_rate']:.2f})", fontsize=9)
+        fig.colorbar(image, ax=ax)
+        fig.savefig(folder / "causal.png", dpi=110, bbox_inches="tight")
+        curve = summary.get("calibration")
+        if curve:
+            fig, (ax,) = subplots(1, 3.6, width=6)
+            rows = table[(table["layer"] == summary["calibration_layer"]) | (table["alpha"] == 0)].sort_values("alpha")
+            ax.errorbar(rows["shift"], rows["rate"],
+                        xerr=np.vstack([rows["shift"] - rows["shift_low"], rows["shift_high"] - rows["shift"]]
+                                       ).clip(min=0),
+                        yerr=np.vstack([rows["rate"] - rows["rate_low"], rows["rate_high"] - rows["rate"]]).clip(min=0),
+                        marker="o", capsize=3)
+            for r in rows.itertuples():
+                ax.annotate(f"α={r.alpha:g}", (r.shift, r.rate), textcoords="offset points", xytext=(4, 4),
+                            fontsize=7)
+            ax.set_xlabel(f"projection shift at L{summary['calibration_layer']} (steered pass − unsteered)")
+            ax.set_ylabel(f"{summary['behaviour']} rate")
+            ax.set_ylim(-0.05, 1.05)
+            ax.set_title(f"{trait} calibration: behaviour vs projection shift (95% CIs)", fontsize=9)
+            fig.savefig(folder / "calibration.png", dpi=110, bbox_inches="tight")
+    if gaps is not None:
+        fig, (ax,) = subplots(1, 3.4, width=7)
+        for name, g in gaps.groupby("model"):
+            ax.plot(g["layer"], g["gap"], marker="o", ms=3, label=name)
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("harmful − benign projection")
+        ax.set_title(f"{trait}: projection gap with the direction ablated everywhere", fontsize=9)
+        ax.legend(fontsize=8)
+        fig.savefig(folder / "ablation_gap.png", dpi=110, bbox_inches="tight")
+
+
+def estimate_from_calibration(shift: float, calibration: Sequence[Sequence[float]]) -> dict[str, float] | None:
+    """Translate a projection shift into the steering alpha that gives the same shift and the
+    behaviour rate expected there (linear interpolation on the calibration curve; an estimate)."""
+    if not calibration or shift is None or math.isnan(shift):
+        return None
+    points = sorted((float(p[1]), float(p[0]), float(p[2])) for p in calibration)
+    shifts = [p[0] for p in points]
+    if len(points) < 2 or not (min(shifts) <= shift <= max(shifts)):
+        return {"alpha": math.nan, "rate": math.nan, "outside": True}
+    alpha = float(np.interp(shift, shifts, [p[1] for p in points]))
+    rate = float(np.interp(shift, shifts, [p[2] for p in points]))
+    return {"alpha": alpha, "rate": rate, "outside": False}

@@ -1,0 +1,41 @@
+"""steer-sweep on the embedded model, tiny: the table, the plots, and the card's causal section."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from inspect_em import vectors as vector_store
+
+ROOT = Path(__file__).parent.parent
+CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
+
+
+@pytest.mark.slow
+def test_code_sweep_writes_table_plots_and_card(tmp_path: Path):
+    from inspect_em.sweep import run_sweep
+
+    vectors = tmp_path / "code"
+    shutil.copytree(CODE, vectors)
+    tv = vector_store.load(vectors)
+    layer = tv.best_layer("mean_diff")
+    result = run_sweep("embedded", vectors, layers="best", alphas=[8.0], samples=1, max_tokens=12, limit=4,
+                       out=tmp_path / "sweep", update_card=True)
+    table = pd.read_csv(tmp_path / "sweep" / "causal.csv")
+    assert list(table["alpha"]) == [0.0, 8.0] and set(table["layer"]) == {layer}
+    assert table["n"].tolist() == [4, 4]
+    steered = table[table["alpha"] == 8.0].iloc[0]
+    # the steered pass adds 8 x the fit mean-difference norm along v at the card layer
+    assert steered["shift"] > 0.5 * 8.0 * tv.mean_diff_norm(layer)
+    assert steered["shift_low"] <= steered["shift"] <= steered["shift_high"]
+    assert 0.0 <= steered["coherent_rate"] <= 1.0 and steered["median_perplexity"] > 1.0
+    assert (tmp_path / "sweep" / "causal.png").is_file() and (tmp_path / "sweep" / "calibration.png").is_file()
+    card = json.loads((vectors / "card.json").read_text())
+    assert card["causal"]["add"]["calibration_layer"] == layer
+    assert [p[0] for p in card["causal"]["calibration"]] == [0.0, 8.0]
+    assert result.summary["unsteered_rate"] == pytest.approx(table["rate"].iloc[0])
+    assert vector_store.load(vectors).best_layer("mean_diff") == layer  # the held-out choice is kept beside it
