@@ -111,6 +111,38 @@ def test_teacher_forced_fallback_under_concurrent_generation(embedded_model_path
     assert checked == 16
 
 
+def test_generate_with_projections_on_another_suites_task(embedded_model_path: Path, tmp_path: Path):
+    """Our solver and scorer attached to a task of someone else's suite: the scorer reads what the
+    solver captured (no extra pass), and the value equals h_L · v̂ from output_hidden_states."""
+    from inspect_ai import Task
+    from inspect_ai.dataset import Sample
+
+    from inspect_em.scorers import trait_projection
+    from inspect_em.solvers import generate_with_projections
+
+    task = Task(dataset=[Sample(input="Name a colour.", id="c1"), Sample(input="Say hello in French.", id="c2")],
+                solver=generate_with_projections(vectors=str(CODE), position="response_mean"),
+                scorer=trait_projection(vectors=str(CODE), position="response_mean", trace=True))
+    log = inspect_eval(task, model=f"hf/{embedded_model_path}", max_tokens=8, seed=3, log_dir=str(tmp_path),
+                       display="none")[0]
+    assert log.status == "success", log.error
+    tokenizer, reference = _reference(embedded_model_path)
+    tv = vector_store.load(CODE)
+    layer = tv.best_layer("mean_diff")
+    for sample in log.samples:
+        score = sample.scores["trait_projection"]
+        assert "captured during generation" in score.metadata["activations_from"]
+        (record,) = [v for k, v in sample.store.items() if k.startswith("inspect_em/capture/")]
+        messages = [{"role": m.role, "content": m.text} for m in sample.messages[:-1]]
+        prompt_ids = tokenizer(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
+                                                             tokenize=False))["input_ids"]
+        with torch.no_grad():
+            hidden = reference(torch.tensor([prompt_ids + record["ids"]]), output_hidden_states=True).hidden_states
+        h = hidden[layer + 1][0, len(prompt_ids):].double()
+        expected = float((h @ torch.tensor(tv.vector("mean_diff", layer), dtype=torch.float64)).mean())
+        assert score.value[f"code/mean_diff/L{layer}"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
+
+
 def test_hf_model_is_shared_not_loaded_twice(hf_run):
     log, model, loads = hf_run
     assert projection_scorer.PROBE_MODEL_LOADS["count"] == loads
