@@ -219,7 +219,10 @@ def test_refusal_contrast_finds_the_shipped_vectors_with_no_args(embedded_model_
     assert len(by_type["harmful"]) == len(by_type["benign"]) == 10  # interleaved: --limit 20 has both
     assert np.mean(by_type["harmful"]) > np.mean(by_type["benign"])
     metrics = {s.name: s.metrics for s in log.results.scores}[key]
-    assert metrics["gap"].value == pytest.approx(np.mean(by_type["harmful"]) - np.mean(by_type["benign"]))
+    # Inspect logs a plugin's dict-valued metric as "<package>/<metric>_<key>", named "<key>" in its group
+    gap = metrics["inspect_em/contrast_gap"]
+    assert (gap.name, gap.group) == ("gap", "contrast")
+    assert gap.value == pytest.approx(np.mean(by_type["harmful"]) - np.mean(by_type["benign"]))
 
 
 def test_inspect_score_by_path_with_probe_model(tmp_path: Path):

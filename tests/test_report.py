@@ -58,8 +58,6 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
     assert row["diff_vs_base"].item() == pytest.approx(coder_proj.mean() - base_proj.mean(), rel=1e-5)
     low, high = row["diff_ci_low"].item(), row["diff_ci_high"].item()
     assert low < coder_proj.mean() - base_proj.mean() < high
-    # asking for code moves the answers' activations toward the code direction
-    assert coder_proj.mean() > base_proj.mean()
     # per-question groups match the samples' question ids
     groups = set(summary.loc[summary["model"] == "base", "group"]) - {"(all)"}
     assert groups == {s.metadata["question_id"] for s in logs[0].samples}

@@ -39,3 +39,20 @@ def test_code_sweep_writes_table_plots_and_card(tmp_path: Path):
     assert [p[0] for p in card["causal"]["calibration"]] == [0.0, 8.0]
     assert result.summary["unsteered_rate"] == pytest.approx(table["rate"].iloc[0])
     assert vector_store.load(vectors).best_layer("mean_diff") == layer  # the held-out choice is kept beside it
+
+
+def test_ablate_sweep_keeps_an_unsteered_reference():
+    """The ablate sweep's first task is the unsteered model (no steer solver), its second ablates."""
+    from inspect_ai._util.registry import registry_info
+
+    from inspect_em.sweep import _tasks
+
+    refusal = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "refusal"
+    unsteered, ablated = _tasks("refusal", refusal, [(27, 0.0), (27, 1.0)], "ablate", 1, 8, None)
+
+    def solvers(task) -> list[str]:
+        steps = getattr(task.solver, "steps", [task.solver])
+        return [registry_info(s).name for s in steps]
+
+    assert "inspect_em/steer" not in solvers(unsteered)
+    assert "inspect_em/steer" in solvers(ablated)

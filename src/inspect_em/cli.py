@@ -260,7 +260,10 @@ def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, ma
     The defaults fit 2 CPU cores in about half an hour; scale --n/--epochs/--samples on a GPU.
     """
     from .demo import DemoConfig, run_demo
+    from .modeling import hub_offline_for_local
     from .report import headline_tables
+
+    hub_offline_for_local("embedded")  # every model of the demo is a local folder
 
     def items(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())

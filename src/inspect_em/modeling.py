@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,14 @@ def resolve_model_ref(model: str) -> str:
 
         return str(embedded.path())
     return model[3:] if model.startswith("hf/") else model
+
+
+def hub_offline_for_local(model: str) -> None:
+    """Inspect looks a model's info up by its display name (``hf/<name>``), loading it from the
+    Hub; for a local folder under a readable name that can only fail, after ~25 s of retries per
+    process. With a local model, set ``HF_HUB_OFFLINE`` (read when huggingface_hub is imported)."""
+    if "huggingface_hub" not in sys.modules and Path(resolve_model_ref(model)).expanduser().is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def model_id_of(model: str) -> str:

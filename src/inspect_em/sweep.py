@@ -68,7 +68,7 @@ def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]],
             config = GenerateConfig(max_tokens=max_tokens)
         kwargs: dict[str, Any] = {"name": f"sweep_{trait}_{mode}_L{layer}_a{alpha:g}", "scorer": scorers,
                                   "config": config}
-        if mode == "ablate" or alpha != 0:
+        if alpha != 0:  # alpha 0 is the unsteered reference (in ablate mode alpha 1 means ablated)
             kwargs["solver"] = steer(vectors=str(vectors), layer=layer, alpha=alpha, mode=mode)
         tasks.append(task_with(base, **kwargs))
     return tasks
@@ -81,10 +81,11 @@ def run_sweep(
 ) -> SweepResult:
     """Run the sweep and write its results (see the module docstring)."""
     from inspect_ai import eval_set
+    from inspect_ai.log import read_eval_log
     from inspect_ai.model import get_model
 
     from . import vectors as vector_store
-    from .modeling import resolve_model_ref
+    from .modeling import hub_offline_for_local, resolve_model_ref
     from .paths import atomic_output, check_output
     from .readout import parse_layers
 
@@ -107,6 +108,7 @@ def run_sweep(
               "samples": samples, "max_tokens": max_tokens, "limit": limit, "seed": seed}
     check_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force)
     ref = resolve_model_ref(model_ref)
+    hub_offline_for_local(ref)
     model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
     log_dir = out.with_name(f"{out.name}-logs")
     tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit)
@@ -114,7 +116,8 @@ def run_sweep(
                         log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
     if not ok:
         raise InspectEmError(f"the sweep's evals did not finish (logs in {log_dir}); re-run to resume")
-    by_name = {log.eval.task: log for log in logs}
+    # eval_set hands back headers for logs it reused: read each one whole
+    by_name = {log.eval.task: log if log.samples is not None else read_eval_log(log.location) for log in logs}
     table, gaps = _table(tv, [(p, by_name[t.name]) for p, t in zip(pairs, tasks, strict=True)], mode, card_layer)
     summary = _summary(table, tv.trait, mode, card_layer)
     with atomic_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force) as tmp:
