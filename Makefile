@@ -1,7 +1,9 @@
 # inspect_em: one command for the demo, one for the tests (both set everything up first).
 #   make demo   venv + CPU torch + package + embedded model, then em_freeform on it -> logs/
 #   make test   the same setup, then lint (ruff + inspect-evals-lint) and the test suite; with CI=true
-#               also the fast tests against the oldest declared dependency versions (what .ci/run runs)
+#               also the fast tests against the oldest declared dependency versions (what .ci/run runs).
+#               Tests marked slow (the demo smoke run, a sweep, shipped-vector reproduction, CLI data-loss
+#               runs) run in the main suite (--runslow), not in the floor run.
 
 VENV       ?= .venv
 FLOOR_VENV ?= .venv-floor
@@ -11,6 +13,7 @@ BIN        := $(VENV)/bin
 SAMPLES    ?= 2
 MAX_TOKENS ?= 200
 SEEDS      ?= 1
+N          ?= 120
 SETS       ?= insecure,secure,prose
 ORGANISMS  ?=
 PYTEST_ARGS ?=
@@ -48,7 +51,7 @@ lint: setup
 	$(BIN)/inspect-evals-lint --root . --preset single-eval --all
 
 test: model lint
-	CI=$${CI:-} $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	CI=$${CI:-} $(BIN)/python -m pytest -q --runslow $(PYTEST_ARGS)
 	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory test-floor; fi
 
 # The fast tests on the oldest versions pyproject declares (ci/floor-constraints.txt).
@@ -68,4 +71,4 @@ clean:
 # defaults): vectors, LoRA finetunes on insecure / secure / prose data (SEEDS each), a steered
 # positive control, evals through Inspect's eval_set, compare. Re-run to resume.
 em-demo: model
-	$(BIN)/inspect-em demo --out runs/em-demo --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),)
+	$(BIN)/inspect-em demo --out runs/em-demo --n $(N) --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),)

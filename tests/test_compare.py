@@ -224,6 +224,7 @@ def test_no_shared_task_is_a_one_line_error(runs: Path, tmp_path: Path):
         compare(load_samples([only_em, other], labels=["base", "other"]))
 
 
+@pytest.mark.slow
 def test_compare_never_writes_over_its_inputs(runs: Path, tmp_path: Path):
     logs = tmp_path / "logs"
     shutil.copytree(runs / "runs/x/logs", logs)

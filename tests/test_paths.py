@@ -49,6 +49,7 @@ def test_names_are_not_paths(tmp_path: Path):
     assert load_trait(_tiny_trait(tmp_path, "ok-name_1.2")).name == "ok-name_1.2"
 
 
+@pytest.mark.slow
 def test_extract_never_deletes_a_users_folder(tiny_model_dir: Path, tmp_path: Path):
     trait = _tiny_trait(tmp_path)
     base = ["extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--methods", "mean_diff",

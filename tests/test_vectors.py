@@ -151,6 +151,7 @@ def test_missing_model_folder_is_one_line_error(tmp_path: Path):
     assert proc.returncode == 2 and "model folder not found" in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["refusal", "code.last_prompt_token"])
 def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder: str):
     """Re-extract mean_diff on the embedded model (CV layer choice, no nulls): the shipped vectors
@@ -172,6 +173,7 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
     assert shipped.card["config_hash"] == vector_store.config_hash(model.config)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("folder", ["code", "refusal.response_mean"])
 def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
     """Response-position vectors: the card keeps the prompts and the model's answers; refitting

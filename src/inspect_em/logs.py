@@ -291,8 +291,10 @@ def load_samples(
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:
-    """The metric columns of a samples table (everything but :data:`FIXED_COLUMNS`)."""
-    return [c for c in df.columns if c not in FIXED_COLUMNS and df[c].notna().any()]
+    """The metric columns of a samples table (everything but :data:`FIXED_COLUMNS`): behaviours
+    first, then projections, each sorted, whatever order the logs were read in."""
+    found = [c for c in df.columns if c not in FIXED_COLUMNS and df[c].notna().any()]
+    return sorted(found, key=lambda c: (c.startswith("proj:"), c))
 
 
 def projection_cards(logs: Sequence[LogInfo]) -> dict[str, dict[str, Any]]:

@@ -213,20 +213,20 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     if mode == "ablate":
         summary["ablated_rate"] = float(table["rate"].iloc[-1])
         return summary
-    steered = table[(table["alpha"] != 0) & (table["coherent_rate"] >= 0.5)]
-    if steered.empty:
-        return summary
-    effect = steered.assign(effect=steered["rate"] - base_rate).groupby("layer")["effect"].max()
-    summary["best_layer"] = int(effect.idxmax())
-    summary["best_layer_effect"] = float(effect.max())
-    layer = card_layer if card_layer in set(table["layer"]) else summary["best_layer"]
+    layer = card_layer if card_layer in set(table["layer"]) else int(table["layer"].iloc[-1])
     at = table[table["layer"] == layer].sort_values("alpha")
-    enough = at[(at["rate"] >= 0.5) & (at["coherent_rate"] >= 0.5)]
     summary["calibration_layer"] = int(layer)
-    summary["calibrated_alpha"] = float(enough["alpha"].iloc[0]) if len(enough) else None
+    # the instrument's curve at the calibration layer, coherent or not (coherence is in causal.csv)
     curve = pd.concat([base.assign(layer=layer), at[at["alpha"] != 0]])
     summary["calibration"] = [[round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),
                                round(float(r.rate_low), 4), round(float(r.rate_high), 4)] for r in curve.itertuples()]
+    enough = at[(at["alpha"] != 0) & (at["rate"] >= 0.5) & (at["coherent_rate"] >= 0.5)]
+    summary["calibrated_alpha"] = float(enough["alpha"].iloc[0]) if len(enough) else None
+    steered = table[(table["alpha"] != 0) & (table["coherent_rate"] >= 0.5)]
+    if not steered.empty:  # the causal layer: the largest behaviour change while answers stay coherent
+        effect = steered.assign(effect=steered["rate"] - base_rate).groupby("layer")["effect"].max()
+        summary["best_layer"] = int(effect.idxmax())
+        summary["best_layer_effect"] = float(effect.max())
     return summary
 
 
