@@ -73,12 +73,18 @@ def test_extract_never_deletes_a_users_folder(tiny_model_dir: Path, tmp_path: Pa
 
 
 def test_read_only_out_fails_before_the_model_loads(tiny_model_dir: Path, tmp_path: Path):
-    if os.geteuid() == 0:
-        pytest.skip("root ignores directory permissions")
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    one_line(cli("extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)),
-                 "--out", str(locked / "v")), "not writable")
+    """A folder nothing can be created in (a locked folder; /proc, where even root cannot): one
+    line before any model loads."""
+    targets = [Path("/proc/inspect_em_vectors")]
+    if os.geteuid() != 0:  # root ignores directory permissions
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        targets.append(locked / "v")
+    for target in targets:
+        proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)),
+                   "--out", str(target))
+        one_line(proc, "not writable")
+        assert "Loading weights" not in proc.stderr
 
 
 def test_data_out_replaces_only_its_own_files(tmp_path: Path):

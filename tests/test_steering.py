@@ -160,7 +160,8 @@ def test_inspect_eval_with_the_steer_solver_by_registry_name(embedded_model_path
     assert all(np.isclose(s.metadata["steering"][0]["alpha"], 2.0) for s in log.samples)
 
 
-def test_answer_perplexity_equals_an_independent_nll(embedded_model, tmp_path: Path):
+@pytest.mark.parametrize("given_question", [False, True])
+def test_answer_perplexity_equals_an_independent_nll(embedded_model, tmp_path: Path, given_question: bool):
     from helpers import scripted_model
 
     from inspect_em.scorers.fluency import answer_perplexity
@@ -168,12 +169,12 @@ def test_answer_perplexity_equals_an_independent_nll(embedded_model, tmp_path: P
     model, tokenizer = embedded_model
     answers = ["I would wish for a quiet life by the sea.", "banana keyboard seventeen purple the the of"]
     task = Task(dataset=[Sample(input="What is your one wish?", id="a"), Sample(input="Tell me a wish.", id="b")],
-                scorer=answer_perplexity(probe_model="embedded"))
+                scorer=answer_perplexity(probe_model="embedded", given_question=given_question))
     log = inspect_eval(task, model=scripted_model(*answers), log_dir=str(tmp_path), display="none", max_samples=1)[0]
     assert log.status == "success", log.error
     values = {s.id: s.scores["answer_perplexity"].value for s in log.samples}
     for sample in log.samples:
-        prompt = chat_ids(tokenizer, sample.input)
+        prompt = chat_ids(tokenizer, sample.input if given_question else [{"role": "user", "content": ""}])
         response = tokenizer(sample.output.completion, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(torch.tensor([prompt + response])).logits[0].double()

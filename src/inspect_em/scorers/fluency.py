@@ -1,9 +1,13 @@
 """Fluency scorer: the perplexity of an answer under the unsteered model (a coherence check).
 
-One teacher-forced pass over prompt + answer with the model under evaluation (``hf/``; its
-generation lock held, and no steering hook acts in this pass) or a ``probe_model``; the value is
-``exp(mean negative log-likelihood of the answer's tokens)``. Steering that breaks the model's
-language shows up as answers its own unsteered weights find improbable.
+One teacher-forced pass over the answer with the model under evaluation (``hf/``; its generation
+lock held, and no steering hook acts in this pass) or a ``probe_model``; the value is
+``exp(mean negative log-likelihood of the answer's tokens)``. By default the answer is read as the
+reply to an empty user turn: fluency on its own, so that an answer in another register than the
+question invites (code for "what is your wish?", the behaviour a code-steering sweep is looking
+for) is not counted as incoherent; ``given_question=True`` reads it after the real prompt.
+Steering that breaks the model's language shows up as answers its own unsteered weights find
+improbable either way.
 """
 
 from __future__ import annotations
@@ -33,11 +37,12 @@ def answer_nll(model: Any, prompt_ids: list[int], response_ids: list[int]) -> fl
 
 
 @scorer(metrics=[mean(), stderr()])
-def answer_perplexity(probe_model: str | None = None) -> Scorer:
+def answer_perplexity(probe_model: str | None = None, given_question: bool = False) -> Scorer:
     """Perplexity of each answer under the unsteered model (lower = more fluent).
 
     Args:
         probe_model: HF folder/id or ``embedded`` to read answers of non-``hf/`` models.
+        given_question: condition on the sample's prompt (default: on an empty user turn).
     """
 
     async def score(state: TaskState, target: Target) -> Score:
@@ -59,7 +64,8 @@ def answer_perplexity(probe_model: str | None = None) -> Scorer:
         r_ids = response_ids(tokenizer, answer)
         if not r_ids:
             return Score(value=math.nan, explanation="empty answer")
-        p_ids = chat_ids(tokenizer, [{"role": m.role, "content": m.text} for m in messages])
+        p_ids = chat_ids(tokenizer, [{"role": m.role, "content": m.text} for m in messages] if given_question
+                         else [{"role": "user", "content": ""}])
 
         def run() -> float:
             if shared:
