@@ -55,11 +55,11 @@ def main(model_ref: str, vectors: str, samples: int, max_tokens: int, position: 
             log = inspect_eval(task(mode), model=model, seed=0, max_tokens=max_tokens, log_dir=logs,
                                display="none")[0]
             times[mode].append(time.perf_counter() - start)
-        assert log.status == "success", log.error
-        tokens[mode] = sum(u.output_tokens for u in log.stats.model_usage.values())
-        if mode != "without":
-            source = log.samples[0].scores["trait_projection"].metadata["activations_from"]
-            assert ("captured" in source) == (mode == "captured"), source
+            assert log.status == "success", log.error  # read while the log file still exists
+            tokens[mode] = sum(u.output_tokens for u in log.stats.model_usage.values())
+            if mode != "without":
+                source = log.samples[0].scores["trait_projection"].metadata["activations_from"]
+                assert ("captured" in source) == (mode == "captured"), source
 
     run("without")  # warm-up (first generate call allocates)
     times["without"].clear()

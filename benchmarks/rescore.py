@@ -36,6 +36,7 @@ def main(answers: int, tokens: int, vectors: str, batch_size: int, repeats: int)
     from inspect_ai import Task, score
     from inspect_ai import eval as inspect_eval
     from inspect_ai.dataset import Sample
+    from inspect_ai.log import read_eval_log
     from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
     from inspect_em.activations import chat_ids, decoder_stack, encode_batch, input_device, response_ids
@@ -52,6 +53,7 @@ def main(answers: int, tokens: int, vectors: str, batch_size: int, repeats: int)
     with tempfile.TemporaryDirectory() as folder:
         log = inspect_eval(Task(dataset=samples), model=get_model("mockllm/model", custom_outputs=outputs),
                            log_dir=folder, display="none")[0]
+        log = read_eval_log(log.location)  # whole, in memory, before the folder goes
     model, tokenizer, _ = _probe_model("embedded", "auto", "auto")
     prompts = [chat_ids(tokenizer, s.input) for s in samples]
     responses = [response_ids(tokenizer, t) for t in texts]

@@ -90,6 +90,7 @@ def prepare(force: bool = False) -> Path:
         return folder
 
     import torch
+    import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     source = gguf_path()
@@ -123,6 +124,7 @@ def prepare(force: bool = False) -> Path:
             "gguf_sha256": settings["gguf_sha256"],
             "dtype": "float32",
             "format_version": FORMAT_VERSION,
+            "transformers": transformers.__version__,  # GGUF dequantisation differs across majors
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
     return folder
