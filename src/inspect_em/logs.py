@@ -297,6 +297,16 @@ def metric_columns(df: pd.DataFrame) -> list[str]:
     return sorted(found, key=lambda c: (c.startswith("proj:"), c))
 
 
+def _json_value(value: Any) -> Any:
+    """``value``, or what a JSON string of it decodes to (None if it does not decode)."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
 def projection_cards(logs: Sequence[LogInfo]) -> dict[str, dict[str, Any]]:
     """Per trait, the vector card summary the projection scorer recorded (best layer per method,
     position, where the layer choice came from); read from the logs' sample summaries, or from
@@ -313,9 +323,12 @@ def projection_cards(logs: Sequence[LogInfo]) -> dict[str, dict[str, Any]]:
             score = (summary.scores or {}).get("trait_projection")
             if score is None or not score.metadata:
                 continue
-            for trait, card in (score.metadata.get("cards") or {}).items():
-                cards.setdefault(trait, card)
-            for folder in score.metadata.get("vectors") or []:
+            # sample summaries may carry a large metadata value as a (JSON) string, or cut short
+            recorded, folders = _json_value(score.metadata.get("cards")), _json_value(score.metadata.get("vectors"))
+            for trait, card in (recorded if isinstance(recorded, dict) else {}).items():
+                if isinstance(card, dict):
+                    cards.setdefault(trait, card)
+            for folder in folders if isinstance(folders, list) else []:
                 card_file = Path(folder) / "card.json"
                 if card_file.is_file():
                     try:
