@@ -87,6 +87,20 @@ def test_read_only_out_fails_before_the_model_loads(tiny_model_dir: Path, tmp_pa
         assert "Loading weights" not in proc.stderr
 
 
+def test_bad_prompt_files_fail_before_the_model_loads(tiny_model_dir: Path, tmp_path: Path):
+    """A non-UTF-8 or malformed prompt file of a trait: one line, and no weights loaded first."""
+    trait = _tiny_trait(tmp_path)
+    (tmp_path / "neg.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
+    one_line(proc, "neg.jsonl", "not UTF-8")
+    assert "Loading weights" not in proc.stderr
+    (tmp_path / "neg.jsonl").write_text('{"text": "no prompt key"}\n')
+    proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
+    one_line(proc, "neg.jsonl:1", "expected {\"prompt\"")
+    assert "Loading weights" not in proc.stderr
+    assert not (tmp_path / "v").exists()
+
+
 def test_data_out_replaces_only_its_own_files(tmp_path: Path):
     mine = tmp_path / "train.jsonl"
     mine.write_text('{"messages": []}\n')

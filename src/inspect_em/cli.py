@@ -83,6 +83,7 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
 
     # everything checkable is checked before (possibly tens of GB of) weights load
     spec = load_trait(trait)
+    spec.split()  # every prompt file read and checked (encoding, format, counts) now, not after the load
     method_names = resolve_methods(methods)
     position = check_position(position or spec.position)
     parse_device_map(device_map)
