@@ -173,6 +173,25 @@ def test_mockllm_with_embedded_probe_model(tmp_path: Path):
     assert projection_scorer.PROBE_MODEL_LOADS["count"] <= loads + 1  # loaded at most once
 
 
+def test_layers_all_keeps_metrics_at_the_card_layer(tmp_path: Path):
+    """layers=all: every layer in each score value, log metrics only at the card's layer; a few
+    layers (<= 3): metrics for each of them."""
+    code = vector_store.load(CODE)
+    best = f"code/mean_diff/L{code.best_layer('mean_diff')}"
+    for layers, expected in (("all", {best}), ("10-12", {f"code/mean_diff/L{n}" for n in (10, 11, 12)})):
+        model = scripted_model("```python\nprint('hi')\n```", "I would wish for world peace.")
+        task = em_freeform(variants="plain", vectors=str(CODE), probe_model="embedded", layers=layers)
+        log = inspect_eval(task, model=model, limit=2, log_dir=str(tmp_path / layers), display="none")[0]
+        assert log.status == "success", log.error
+        values = log.samples[0].scores["trait_projection"].value
+        assert set(values) == ({f"code/mean_diff/L{n}" for n in code.layers} if layers == "all" else expected)
+        metrics = {s.name: s.metrics for s in log.results.scores}
+        assert set(metrics) == {"code_mode"} | expected
+        for key in expected:
+            assert metrics[key]["mean"].value == pytest.approx(
+                np.mean([s.scores["trait_projection"].value[key] for s in log.samples]))
+
+
 def test_dimension_mismatch_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, embedded_model_path: Path):
     from inspect_em.modeling import load_hf_model
     from inspect_em.pipeline import extract_trait_vectors

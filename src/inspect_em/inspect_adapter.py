@@ -25,7 +25,8 @@ from typing import Any
 
 from inspect_ai._util.error import PrerequisiteError
 
-__all__ = ["PrerequisiteError", "generation", "hf_api", "installed", "model_lock", "provider_prompt_ids"]
+__all__ = ["PrerequisiteError", "generation", "hf_api", "installed", "model_lock", "provider_prompt_ids",
+           "set_scorer_metrics"]
 
 _LOCK_ATTR = "_inspect_em_lock"
 _STATE_ATTR = "_inspect_em_adapter"
@@ -46,6 +47,16 @@ def hf_api(model: Any | None = None) -> Any | None:
     if type(api).__name__ == "HuggingFaceAPI" and getattr(api, "model", None) is not None:
         return api
     return None
+
+
+def set_scorer_metrics(scorer: Any, metrics: dict[str, list[Any]]) -> None:
+    """Replace the metrics a tagged scorer object reports (Inspect reads them from the scorer's
+    registry info when it computes the results, after the samples are scored), e.g. to narrow a
+    ``{"*": [...]}`` dict of metrics to the keys known only once the vectors are loaded."""
+    from inspect_ai._util.registry import registry_info
+    from inspect_ai.scorer._scorer import SCORER_METRICS
+
+    registry_info(scorer).metadata[SCORER_METRICS] = metrics
 
 
 def provider_prompt_ids(api: Any, messages: list[Any]) -> list[int]:

@@ -2,8 +2,10 @@
 
 For each sample, one teacher-forced forward pass over prompt + response, with hooks on the
 chosen layers, gives ``h · v̂`` for each trait vector. The value is a dict keyed
-``<trait>/<method>/L<layer>`` (the readout contract's metric key), so Inspect reports a mean and
-stderr per key.
+``<trait>/<method>/L<layer>`` (the readout contract's metric key), so Inspect reports a mean,
+question-clustered stderr and harmful/benign contrast per key: for every chosen layer when a trait
+has at most three, else for its card's layer only (``layers=all`` keeps a readable header; every
+layer stays in each score's value and in ``inspect_em.logs``' dataframes).
 
 - Model under evaluation on Inspect's ``hf/`` provider: the provider's loaded model is reused
   (no second copy). Its generations under our solvers hold the model lock; our hooks act only in
@@ -41,6 +43,7 @@ from ..readout import check_position, parse_layers
 from .metrics import contrast, question_stderr
 
 PROJECTION_METRICS: dict[str, list[Any]] = {"*": [mean(), question_stderr(), contrast()]}
+METRIC_LAYERS = 3  # a trait with more chosen layers gets log metrics at its card's layer only
 logger = logging.getLogger(__name__)
 
 # Probe models loaded by this process, by (reference, device, dtype): loaded once, shared.
@@ -233,9 +236,16 @@ def trait_projection(
 
     batcher = _Batcher(run, batch_size)
 
+    metrics = {key: PROJECTION_METRICS["*"] for key in setup.metric_keys()}
+
     async def score(task_state: TaskState, target: Target) -> Score:
         async with init_lock:
             r = reader()
+            if "metrics" not in state:  # this object is tagged (with the static metrics) by now
+                from ..inspect_adapter import set_scorer_metrics
+
+                set_scorer_metrics(score, metrics)
+                state["metrics"] = metrics
         messages = list(task_state.messages)
         response = task_state.output.completion if task_state.output else ""
         if messages and isinstance(messages[-1], ChatMessageAssistant):
@@ -288,6 +298,16 @@ class ProjectionSetup:
     cards: dict[str, Any]
     trace_keys: list[str]
     spec: Any
+
+    def metric_keys(self) -> list[str]:
+        """The keys that get log metrics: each trait's chosen layers when there are at most
+        :data:`METRIC_LAYERS` of them, else only its card's layer (its traced key), so a
+        ``layers=all`` header stays readable; every chosen layer stays in each score's value."""
+        keys = []
+        for tv in self.sets:
+            mine = [v.key for v in self.chosen if v.trait == tv.trait]
+            keys += mine if len(mine) <= METRIC_LAYERS else [k for k in self.trace_keys if k in mine]
+        return keys
 
 
 def projection_setup(vectors: str | Sequence[str] | None, method: str, layers: Any, position: str, trace: bool,
