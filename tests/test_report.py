@@ -1,5 +1,6 @@
 """inspect-em compare on two small real logs of the embedded model (plain vs asked-for-code)."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,30 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
         image = plt_image(out / name)
         assert image.shape[0] > 200 and image.shape[1] > 300
         assert image.std() > 0.05  # not a blank canvas
+    if importlib.util.find_spec("inspect_viz") is not None:  # the viz extra (in dev)
+        assert "[layer_profile.html](layer_profile.html)" in report
+        rows = interactive_rows(out / "layer_profile.html")
+        want = summary[(summary["model"] == "coder") & (summary["group"] == "(all)")
+                       & summary["metric"].str.startswith("proj:")]
+        assert len(rows) == len(want) == 3  # layers 18, 22, 26
+        for row in want.itertuples():
+            got = rows[rows["layer"] == int(row.metric.rsplit("L", 1)[1])]
+            assert got["model"].item() == "coder − base"
+            assert got["diff_vs_base"].item() == pytest.approx(row.diff_vs_base, rel=1e-5)
+            assert got["diff_ci_low"].item() == pytest.approx(row.diff_ci_low, rel=1e-5)
+
+
+def interactive_rows(path: Path) -> pd.DataFrame:
+    """The data table embedded in an inspect_viz page (base64 Arrow IPC), read with pyarrow."""
+    import base64
+    import re
+
+    import pyarrow as pa
+
+    html = path.read_text(encoding="utf-8")
+    assert "<html" in html.lower() and "Projection shift vs base" in html
+    (encoded,) = re.findall(r'"data":"([A-Za-z0-9+/=]{200,})"', html)
+    return pa.ipc.open_stream(base64.b64decode(encoded)).read_all().to_pandas()
 
 
 def plt_image(path: Path) -> np.ndarray:

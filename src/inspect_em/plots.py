@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 
 from .readout import ALL, parse_metric_key
@@ -30,13 +31,16 @@ def subplots(rows: int, height: float, width: float = 9.0) -> tuple[Figure, list
 
 
 def write_all(c: Comparison, folder: Path) -> list[str]:
-    """Write every plot the data supports; returns the file names."""
+    """Write every plot the data supports (and, with inspect_viz installed, the interactive
+    ``layer_profile.html``); returns the file names."""
     written = []
     for name, fn in (("rates.png", rates), ("projections.png", projections), ("layer_profile.png", layer_profile)):
         fig = fn(c)
         if fig is not None:
             fig.savefig(folder / name, dpi=110, bbox_inches="tight")
             written.append(name)
+    if interactive_layer_profile(c, folder / "layer_profile.html"):
+        written.append("layer_profile.html")
     return written
 
 
@@ -118,8 +122,10 @@ def _informative_keys(c: Comparison, keys: list[str]) -> list[tuple[str, str]]:
     return [(task, key) for (task, _), (_, key) in chosen.items()]
 
 
-def layer_profile(c: Comparison) -> Figure | None:
-    """Mean projection difference (model − base) per layer, 95% CI band, per trait/method/task."""
+def layer_profile_rows(c: Comparison) -> pd.DataFrame | None:
+    """The layer profile's data: one row per task × trait × method × layer × model (not the base),
+    with ``diff_vs_base`` and its 95% CI (the pooled group of each task); None when no panel has
+    at least two layers."""
     s = c.summary
     if s.empty:
         return None
@@ -131,9 +137,17 @@ def layer_profile(c: Comparison) -> Figure | None:
     pooled = pooled.assign(trait=[keys[m].trait for m in pooled["metric"]],
                            method=[keys[m].method for m in pooled["metric"]],
                            layer=[keys[m].layer for m in pooled["metric"]])
-    panels = list(pooled.groupby(["task", "trait", "method"]))
-    if all(len(g) < 2 * g["model"].nunique() for _, g in panels):
+    if all(len(g) < 2 * g["model"].nunique() for _, g in pooled.groupby(["task", "trait", "method"])):
         return None
+    return pooled.sort_values(["task", "trait", "method", "model", "layer"]).reset_index(drop=True)
+
+
+def layer_profile(c: Comparison) -> Figure | None:
+    """Mean projection difference (model − base) per layer, 95% CI band, per trait/method/task."""
+    pooled = layer_profile_rows(c)
+    if pooled is None:
+        return None
+    panels = list(pooled.groupby(["task", "trait", "method"]))
     fig, axes = subplots(len(panels), 3.4)
     for ax, ((task, trait, method), panel) in zip(axes, panels, strict=True):
         for model, g in panel.groupby("model", sort=False):
@@ -147,3 +161,30 @@ def layer_profile(c: Comparison) -> Figure | None:
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def interactive_layer_profile(c: Comparison, path: Path) -> bool:
+    """The layer profile as a self-contained interactive page (``inspect_viz``, the ``viz`` extra):
+    one panel row per task × trait/method, a dot per model and layer with its 95% CI and a tooltip.
+    Returns False (and writes nothing) when inspect_viz is missing or there is no profile."""
+    try:
+        from inspect_viz import Data
+        from inspect_viz.mark import dot, rule_x, rule_y
+        from inspect_viz.plot import plot, write_html
+    except ImportError:
+        return False
+    pooled = layer_profile_rows(c)
+    if pooled is None:
+        return False
+    table = pooled.assign(panel=pooled["task"] + ": " + pooled["trait"] + "/" + pooled["method"],
+                          model=pooled["model"] + " − " + c.base)
+    data = Data.from_dataframe(table[["panel", "model", "layer", "diff_vs_base", "diff_ci_low", "diff_ci_high"]])
+    component = plot(
+        rule_x(data, x="layer", y1="diff_ci_low", y2="diff_ci_high", stroke="model", fy="panel", stroke_opacity=0.4),
+        dot(data, x="layer", y="diff_vs_base", fill="model", fy="panel", tip=True),
+        rule_y(y=0),
+        title=f"Projection shift vs {c.base} per layer (95% CI; exploratory)",
+        x_label="layer", y_label="projection difference", legend="color",
+    )
+    write_html(path, component)
+    return True

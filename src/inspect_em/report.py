@@ -551,7 +551,8 @@ def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str]
                   pooled.assign(value=[_ci(r.mean, r.ci_low, r.ci_high) for r in pooled.itertuples()])
                   [["task", "metric", "model", "n", "value"]].to_markdown(index=False), ""]
     if figures:
-        lines += ["## Plots", ""] + [f"![{f}]({f})" for f in figures] + [""]
+        lines += ["## Plots", ""] + [f"![{f}]({f})" if f.endswith(".png") else f"[{f}]({f}) (interactive)"
+                                     for f in figures] + [""]
     lines += ["## Logs", ""] + [f"- `{p}`" for p in inputs] + [f"- note: {n}" for n in c.notes] + [""]
     lines += ["## Mismatches", ""] + ([f"- {m}" for m in c.mismatches] or
                                       ["None: every task and group is present for every model."])
