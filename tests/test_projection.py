@@ -174,22 +174,33 @@ def test_mockllm_with_embedded_probe_model(tmp_path: Path):
 
 
 def test_layers_all_keeps_metrics_at_the_card_layer(tmp_path: Path):
-    """layers=all: every layer in each score value, log metrics only at the card's layer; a few
-    layers (<= 3): metrics for each of them."""
+    """layers=all: every layer in each score value, log metrics (results and header) only at the
+    card's layer; a few layers (<= 3): metrics for each; a task's own metrics= are kept."""
+    from inspect_ai import Task
+    from inspect_ai.scorer import mean
+
+    from inspect_em.scorers import trait_projection
+
     code = vector_store.load(CODE)
+    every = {f"code/mean_diff/L{n}" for n in code.layers}
     best = f"code/mean_diff/L{code.best_layer('mean_diff')}"
-    for layers, expected in (("all", {best}), ("10-12", {f"code/mean_diff/L{n}" for n in (10, 11, 12)})):
+    cases = (("all", None, {best}), ("10-12", None, {f"code/mean_diff/L{n}" for n in (10, 11, 12)}),
+             ("all", {"*": [mean()]}, every))
+    for k, (layers, task_metrics, expected) in enumerate(cases):
         model = scripted_model("```python\nprint('hi')\n```", "I would wish for world peace.")
         task = em_freeform(variants="plain", vectors=str(CODE), probe_model="embedded", layers=layers)
-        log = inspect_eval(task, model=model, limit=2, log_dir=str(tmp_path / layers), display="none")[0]
+        if task_metrics is not None:  # the projection scorer alone, with the task's own metrics
+            task = Task(dataset=task.dataset, scorer=trait_projection(vectors=str(CODE), probe_model="embedded",
+                                                                      layers=layers), metrics=task_metrics)
+        log = inspect_eval(task, model=model, limit=2, log_dir=str(tmp_path / str(k)), display="none")[0]
         assert log.status == "success", log.error
         values = log.samples[0].scores["trait_projection"].value
-        assert set(values) == ({f"code/mean_diff/L{n}" for n in code.layers} if layers == "all" else expected)
-        metrics = {s.name: s.metrics for s in log.results.scores}
-        assert set(metrics) == {"code_mode"} | expected
-        for key in expected:
-            assert metrics[key]["mean"].value == pytest.approx(
-                np.mean([s.scores["trait_projection"].value[key] for s in log.samples]))
+        assert set(values) == (every if layers == "all" else expected)
+        results = {s.name for s in log.results.scores}
+        assert results == ({"code_mode"} if task_metrics is None else set()) | expected
+        if task_metrics is None:  # the header Inspect recomputes metrics from says the same
+            (spec,) = [s for s in log.eval.scorers if s.name == "trait_projection"]
+            assert set(spec.metrics) == expected
 
 
 def test_dimension_mismatch_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, embedded_model_path: Path):

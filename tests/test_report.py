@@ -81,6 +81,11 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
             assert got["model"].item() == "coder − base"
             assert got["diff_vs_base"].item() == pytest.approx(row.diff_vs_base, rel=1e-5)
             assert got["diff_ci_low"].item() == pytest.approx(row.diff_ci_low, rel=1e-5)
+            assert got["diff_ci_high"].item() == pytest.approx(row.diff_ci_high, rel=1e-5)
+            # and against the logs themselves: the shift is the difference of the two models' means
+            key = row.metric.removeprefix("proj:")
+            per_log = [np.mean([s.scores["trait_projection"].value[key] for s in log.samples]) for log in logs]
+            assert got["diff_vs_base"].item() == pytest.approx(per_log[1] - per_log[0], rel=1e-5)
 
 
 def interactive_rows(path: Path) -> pd.DataFrame:

@@ -279,11 +279,11 @@ def _tasks_for(label: str, cfg: DemoConfig, vector_dirs: dict[str, Path]) -> lis
 
     if label == "steered-code":  # the positive control: its own (steered) forward pass is read, as for a finetune
         from .scorers.code_mode import code_mode
-        from .scorers.projection import trait_projection
+        from .scorers.projection import narrow_metrics, trait_projection
 
         solver = steer(vectors=str(vector_dirs["code"]), alpha=steer_alpha(cfg, vector_dirs["code"]))
-        scorers = [code_mode(), trait_projection(vectors=both, layers=cfg.layers, position="response_mean",
-                                                 with_steering=True)]
+        scorers = [code_mode(), narrow_metrics(trait_projection(vectors=both, layers=cfg.layers,
+                                                                position="response_mean", with_steering=True))]
         return [task_with(freeform("em_freeform"), solver=solver, scorer=scorers)]
     tasks = [freeform("em_freeform"),
              task_with(refusal_contrast(vectors=str(vector_dirs["refusal"]), layers=cfg.layers,

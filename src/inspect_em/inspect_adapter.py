@@ -49,14 +49,19 @@ def hf_api(model: Any | None = None) -> Any | None:
     return None
 
 
-def set_scorer_metrics(scorer: Any, metrics: dict[str, list[Any]]) -> None:
-    """Replace the metrics a tagged scorer object reports (Inspect reads them from the scorer's
-    registry info when it computes the results, after the samples are scored), e.g. to narrow a
-    ``{"*": [...]}`` dict of metrics to the keys known only once the vectors are loaded."""
+def set_scorer_metrics(scorer: Any, metrics: dict[str, list[Any]], *, replacing: Any) -> bool:
+    """Replace the metrics a tagged scorer object reports, when they are still ``replacing`` (its
+    decorator's; a task's own ``metrics=`` is kept). Inspect reads them from the scorer's registry
+    info for the log header at task start and for the results after scoring. Returns whether
+    they were replaced."""
     from inspect_ai._util.registry import registry_info
     from inspect_ai.scorer._scorer import SCORER_METRICS
 
-    registry_info(scorer).metadata[SCORER_METRICS] = metrics
+    metadata = registry_info(scorer).metadata
+    if metadata.get(SCORER_METRICS) is not replacing:
+        return False
+    metadata[SCORER_METRICS] = metrics
+    return True
 
 
 def provider_prompt_ids(api: Any, messages: list[Any]) -> list[int]:

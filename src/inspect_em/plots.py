@@ -8,6 +8,7 @@ left open.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -139,7 +140,7 @@ def layer_profile_rows(c: Comparison) -> pd.DataFrame | None:
                            layer=[keys[m].layer for m in pooled["metric"]])
     if all(len(g) < 2 * g["model"].nunique() for _, g in pooled.groupby(["task", "trait", "method"])):
         return None
-    return pooled.sort_values(["task", "trait", "method", "model", "layer"]).reset_index(drop=True)
+    return pooled.sort_values(["task", "trait", "method", "layer"], kind="stable").reset_index(drop=True)
 
 
 def layer_profile(c: Comparison) -> Figure | None:
@@ -166,11 +167,12 @@ def layer_profile(c: Comparison) -> Figure | None:
 def interactive_layer_profile(c: Comparison, path: Path) -> bool:
     """The layer profile as a self-contained interactive page (``inspect_viz``, the ``viz`` extra):
     one panel row per task × trait/method, a dot per model and layer with its 95% CI and a tooltip.
-    Returns False (and writes nothing) when inspect_viz is missing or there is no profile."""
+    Returns False (and writes nothing) when inspect_viz is missing or fails (a warning: the PNGs
+    stand), or there is no profile."""
     try:
         from inspect_viz import Data
         from inspect_viz.mark import dot, rule_x, rule_y
-        from inspect_viz.plot import plot, write_html
+        from inspect_viz.plot import plot, to_html
     except ImportError:
         return False
     pooled = layer_profile_rows(c)
@@ -178,13 +180,19 @@ def interactive_layer_profile(c: Comparison, path: Path) -> bool:
         return False
     table = pooled.assign(panel=pooled["task"] + ": " + pooled["trait"] + "/" + pooled["method"],
                           model=pooled["model"] + " − " + c.base)
-    data = Data.from_dataframe(table[["panel", "model", "layer", "diff_vs_base", "diff_ci_low", "diff_ci_high"]])
-    component = plot(
-        rule_x(data, x="layer", y1="diff_ci_low", y2="diff_ci_high", stroke="model", fy="panel", stroke_opacity=0.4),
-        dot(data, x="layer", y="diff_vs_base", fill="model", fy="panel", tip=True),
-        rule_y(y=0),
-        title=f"Projection shift vs {c.base} per layer (95% CI; exploratory)",
-        x_label="layer", y_label="projection difference", legend="color",
-    )
-    write_html(path, component)
+    try:
+        data = Data.from_dataframe(table[["panel", "model", "layer", "diff_vs_base", "diff_ci_low", "diff_ci_high"]])
+        component = plot(
+            rule_x(data, x="layer", y1="diff_ci_low", y2="diff_ci_high", stroke="model", fy="panel",
+                   stroke_opacity=0.4),
+            dot(data, x="layer", y="diff_vs_base", fill="model", fy="panel", tip=True),
+            rule_y(y=0),
+            title=f"Projection shift vs {c.base} per layer (95% CI; exploratory)",
+            x_label="layer", y_label="projection difference", legend="color",
+        )
+        html = to_html(component)
+    except Exception as e:  # an optional extra: the report stands without it
+        warnings.warn(f"layer_profile.html not written (inspect_viz: {type(e).__name__}: {e})", stacklevel=2)
+        return False
+    path.write_text(html, encoding="utf-8")  # UTF-8 on every platform (the labels hold '−')
     return True

@@ -48,16 +48,16 @@ def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]],
 
     from .scorers.code_mode import code_mode
     from .scorers.fluency import answer_perplexity
-    from .scorers.projection import trait_projection
+    from .scorers.projection import narrow_metrics, trait_projection
     from .scorers.refusal import refusal
     from .solvers.steer import steer
     from .tasks import em_freeform, refusal_contrast
 
     tasks = []
     for layer, alpha in layer_alphas:
-        projection = trait_projection(vectors=str(vectors), layers="all" if mode == "ablate" else "best",
-                                      position="response_mean" if trait == "code" else "last_prompt_token",
-                                      with_steering=True)
+        projection = narrow_metrics(trait_projection(
+            vectors=str(vectors), layers="all" if mode == "ablate" else "best",
+            position="response_mean" if trait == "code" else "last_prompt_token", with_steering=True))
         if trait == "code":
             base = em_freeform(variants="plain", samples_per_question=samples)
             scorers = [code_mode(), projection, answer_perplexity()]

@@ -4,7 +4,8 @@ For each sample, one teacher-forced forward pass over prompt + response, with ho
 chosen layers, gives ``h · v̂`` for each trait vector. The value is a dict keyed
 ``<trait>/<method>/L<layer>`` (the readout contract's metric key), so Inspect reports a mean,
 question-clustered stderr and harmful/benign contrast per key: for every chosen layer when a trait
-has at most three, else for its card's layer only (``layers=all`` keeps a readable header; every
+has at most three, else for its card's layer only (or its first chosen layer when the card's is
+not chosen; ``layers=all`` keeps a readable header; every
 layer stays in each score's value and in ``inspect_em.logs``' dataframes).
 
 - Model under evaluation on Inspect's ``hf/`` provider: the provider's loaded model is reused
@@ -241,10 +242,8 @@ def trait_projection(
     async def score(task_state: TaskState, target: Target) -> Score:
         async with init_lock:
             r = reader()
-            if "metrics" not in state:  # this object is tagged (with the static metrics) by now
-                from ..inspect_adapter import set_scorer_metrics
-
-                set_scorer_metrics(score, metrics)
+            if "metrics" not in state:  # this object is tagged by now (when no task narrowed it first)
+                narrow_metrics(score)
                 state["metrics"] = metrics
         messages = list(task_state.messages)
         response = task_state.output.completion if task_state.output else ""
@@ -285,7 +284,21 @@ def trait_projection(
             metadata["trace"] = {"tokens": tokens, "values": result.traces}
         return Score(value=result.values, explanation=_explain(result, position, cards, tokens), metadata=metadata)
 
+    score._inspect_em_metrics = metrics  # type: ignore[attr-defined]
     return score
+
+
+def narrow_metrics(scorer: Scorer) -> Scorer:
+    """Give a :func:`trait_projection` scorer its metrics for the keys it reads
+    (:meth:`ProjectionSetup.metric_keys`) in place of ``{"*": ...}``, unless a task set its own.
+    Our tasks call this when they build the scorer, so the log header agrees with the results
+    (and with metrics Inspect recomputes from it); otherwise it happens at the first score."""
+    from ..inspect_adapter import set_scorer_metrics
+
+    metrics = getattr(scorer, "_inspect_em_metrics", None)
+    if metrics is not None:
+        set_scorer_metrics(scorer, metrics, replacing=PROJECTION_METRICS)
+    return scorer
 
 
 @dataclass
@@ -301,8 +314,9 @@ class ProjectionSetup:
 
     def metric_keys(self) -> list[str]:
         """The keys that get log metrics: each trait's chosen layers when there are at most
-        :data:`METRIC_LAYERS` of them, else only its card's layer (its traced key), so a
-        ``layers=all`` header stays readable; every chosen layer stays in each score's value."""
+        :data:`METRIC_LAYERS` of them, else one, its traced key (the card's layer when chosen, else
+        the first chosen layer), so a ``layers=all`` header stays readable; every chosen layer
+        stays in each score's value."""
         keys = []
         for tv in self.sets:
             mine = [v.key for v in self.chosen if v.trait == tv.trait]

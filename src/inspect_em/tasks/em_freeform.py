@@ -171,11 +171,11 @@ def em_freeform(
 
         scorers.append(loaded_numbers())
     if vectors:
-        from ..scorers.projection import trait_projection
+        from ..scorers.projection import narrow_metrics, trait_projection
         from ..solvers.projections import generate_with_projections
 
-        scorers.append(trait_projection(vectors=vectors, method=method, layers=layers, position=position,
-                                        trace=trace, probe_model=probe_model))
+        scorers.append(narrow_metrics(trait_projection(vectors=vectors, method=method, layers=layers,
+                                                       position=position, trace=trace, probe_model=probe_model)))
         solver = generate_with_projections(vectors=vectors, method=method, layers=layers, position=position,
                                            trace=trace)
     if judge or judge_model:
