@@ -205,7 +205,11 @@ def _mismatches(df: pd.DataFrame, labels: list[str], base: str) -> list[str]:
     out = []
     for task, tdf in df.groupby("task", sort=True):
         present = set(tdf["label"])
-        out += [f"task {task}: no log for {label}" for label in labels if label not in present]
+        missing = [label for label in labels if label not in present]
+        if missing:  # one line per task (organism tasks run on a few models only, by design)
+            out.append(f"task {task}: no log for {', '.join(missing)}"
+                       + (f" (present for {', '.join(x for x in labels if x in present)})"
+                          if len(missing) > len(labels) / 2 else ""))
         if base not in present:
             continue
         base_groups = set(tdf.loc[tdf["label"] == base, "group"])
@@ -331,15 +335,17 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
         for cond in conditions:
             cdf = subset(df[df["condition"] == cond])
             reps[cond] = [_clustered(sdf, metric) for _, sdf in sorted(cdf.groupby("seed"))]
+            if not reps[cond] or not base_data.n:  # this condition (or the base) did not run this task
+                continue
             shifts = [r.mean() - base_data.mean() for r in reps[cond] if r.n]
             est, low, high = replicate_diff(reps[cond], [base_data])
             rows.append({"task": task, "group": group, "metric": metric, "condition": cond, "reference": c.base,
                          "n_seeds": len(reps[cond]), "diff": est, "ci_low": low, "ci_high": high,
                          "seed_sd": float(np.std(shifts, ddof=1)) if len(shifts) > 1 else math.nan})
         control_conditions = [ctl for ctl in dict.fromkeys(replicate_condition(x) for x in c.controls)
-                              if ctl in reps]  # a control given as a label (secure-s0) or a condition
+                              if reps.get(ctl)]  # a control given as a label (secure-s0) or a condition
         for cond, ref in itertools.product(conditions, control_conditions):
-            if not _compared(cond, ref, c.base, control_conditions):
+            if not reps[cond] or not _compared(cond, ref, c.base, control_conditions):
                 continue
             est, low, high = replicate_diff(reps[cond], reps[ref])
             rows.append({"task": task, "group": group, "metric": metric, "condition": cond, "reference": ref,

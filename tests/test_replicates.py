@@ -1,0 +1,89 @@
+"""Finetuning replicates: the two-level (seed, question) bootstrap and the conditions table."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inspect_em.report import compare
+from inspect_em.stats import Clustered, replicate_diff
+
+KEY = "proj:code/mean_diff/L12"
+
+
+def _seeds(offsets: list[float], noise: float, rng: np.random.Generator, n_q: int = 8) -> list[Clustered]:
+    """One Clustered per seed: ``n_q`` questions × 2 answers around the seed's offset."""
+    out = []
+    for offset in offsets:
+        values = offset + noise * rng.standard_normal(2 * n_q)
+        out.append(Clustered.of(values, [f"q{i // 2}" for i in range(2 * n_q)]))
+    return out
+
+
+def test_replicate_diff_estimate_and_seed_variance_inside_the_interval():
+    rng = np.random.default_rng(1)
+    a = _seeds([1.0, 2.0, 3.0], 0.5, rng)
+    b = _seeds([0.0, 0.0, 0.0], 0.5, rng)
+    est, low, high = replicate_diff(a, b)
+    expected = np.mean([np.mean(np.concatenate(x.groups)) for x in a]) - \
+        np.mean([np.mean(np.concatenate(x.groups)) for x in b])
+    assert est == pytest.approx(expected)
+    assert low < est < high
+    # the same within-seed noise with the seeds spread 10x further apart: a wider interval
+    rng = np.random.default_rng(1)
+    wide = replicate_diff(_seeds([-8.0, 2.0, 12.0], 0.5, rng), _seeds([0.0, 0.0, 0.0], 0.5, rng))
+    assert (wide[2] - wide[1]) > 3 * (high - low)
+    # a condition against itself, paired by seed and question: exactly 0
+    assert replicate_diff(a, a) == (0.0, 0.0, 0.0)
+    # a missing replicate set gives no number rather than a wrong one
+    assert all(np.isnan(replicate_diff([], b)))
+
+
+def _samples(conditions: dict[str, float], seeds: int = 3) -> pd.DataFrame:
+    """Synthetic em_freeform samples: base + each condition × seeds (shift + seed offset), and an
+    organism-only task (numbers) that only the base and ``evil`` ran."""
+    rows = []
+    rng = np.random.default_rng(0)
+
+    def add(label: str, condition: str, seed: int | None, task: str, centre: float) -> None:
+        for q in range(6):
+            for e in range(2):
+                rows.append({"label": label, "condition": condition, "seed": seed, "task": task, "group": f"q{q}",
+                             "cluster": f"q{q}", "sample_id": f"q{q}", "id": f"q{q}", "epoch": e + 1,
+                             "model": label, "log": label, "triggered": None,
+                             KEY: centre + q + 0.3 * rng.standard_normal(),
+                             "loaded_numbers": float(rng.random() < 0.1) if task.endswith("numbers") else np.nan})
+
+    add("base", "base", None, "em_freeform", 0.0)
+    add("base", "base", None, "em_freeform_numbers", 0.0)
+    add("evil", "evil", None, "em_freeform_numbers", 1.0)
+    add("evil", "evil", None, "em_freeform", 1.0)
+    for condition, shift in conditions.items():
+        for s in range(seeds):
+            add(f"{condition}-s{s}", condition, s, "em_freeform", shift + 0.5 * (s - 1))
+    df = pd.DataFrame(rows)
+    df.attrs["label_order"] = list(dict.fromkeys(df["label"]))
+    return df
+
+
+def test_conditions_table_differences_and_no_rows_for_tasks_a_condition_did_not_run():
+    df = _samples({"insecure": 5.0, "secure": 2.0})
+    c = compare(df, base="base", controls=["secure"], cards={"code": {"best_layer": {"mean_diff": 12}}})
+    table = c.conditions
+    assert table is not None
+    assert ("em_freeform_numbers", "(all)", "loaded_numbers") in set(
+        zip(c.summary["task"], c.summary["group"], c.summary["metric"], strict=True))  # a headline measure...
+    assert set(table["task"]) == {"em_freeform"}  # ...that only base and evil ran: no empty condition rows
+    assert (table["n_seeds"] == 3).all()
+    row = table[(table["metric"] == KEY) & (table["condition"] == "insecure") & (table["reference"] == "secure")]
+    by_seed = {cond: [df[(df["label"] == f"{cond}-s{s}")][KEY].mean() for s in range(3)]
+               for cond in ("insecure", "secure")}
+    assert row["diff"].item() == pytest.approx(np.mean(by_seed["insecure"]) - np.mean(by_seed["secure"]))
+    assert row["ci_low"].item() < row["diff"].item() < row["ci_high"].item()
+    shift = table[(table["metric"] == KEY) & (table["condition"] == "insecure") & (table["reference"] == "base")]
+    base_mean = df[(df["label"] == "base") & (df["task"] == "em_freeform")][KEY].mean()
+    assert shift["seed_sd"].item() == pytest.approx(np.std([m - base_mean for m in by_seed["insecure"]], ddof=1))
+    # one mismatch line per task, naming where it ran
+    (line,) = [m for m in c.mismatches if m.startswith("task em_freeform_numbers")]
+    assert "present for base, evil" in line
