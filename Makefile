@@ -47,7 +47,7 @@ demo: model
 	@echo "view it: $(BIN)/inspect view --log-dir logs"
 
 lint: setup
-	$(BIN)/ruff check src tasks scorers solvers tests benchmarks
+	$(BIN)/ruff check src tasks scorers solvers tests benchmarks examples
 	$(BIN)/inspect-evals-lint --root . --preset single-eval --all
 
 test: model lint

@@ -4,7 +4,8 @@ several strengths, in one resumable log directory that `inspect-em compare` read
     pip install inspect-flow                          # optional; runs in this environment
     flow config examples/flow_sweep.py                # preview the expanded matrix
     flow run examples/flow_sweep.py                   # run it (finished logs are reused)
-    inspect-em compare logs/flow --out reports/flow   # labels: the models' names (steered runs: <model>.steered-a<alpha>)
+    inspect-em compare logs/flow --out reports/flow   # labels: the models' names
+                                                      # (steered runs: <model>.steered-a<alpha>)
 
 Finetunes found under runs/em-demo/models/*/merged (from `make em-demo`) join the matrix.
 """
