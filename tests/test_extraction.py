@@ -150,3 +150,14 @@ def test_method_errors():
         extract(np.ones((1, 4)), np.ones((5, 4)))
     with pytest.raises(InspectEmError, match="same d"):
         extract(np.ones((3, 4)), np.ones((3, 5)))
+
+
+def test_best_layer_without_cv_ranks_by_the_test_columns():
+    """``--cv-folds 0`` leaves no CV columns: the layer with the highest test d wins, AUROC breaks ties."""
+    import pandas as pd
+
+    from inspect_em.validation import best_layers
+
+    table = pd.DataFrame({"method": ["mean_diff"] * 3 + ["probe"] * 2, "layer": [1, 2, 3, 1, 2],
+                          "test_cohens_d": [0.5, 2.0, 1.0, 1.5, 1.5], "test_auroc": [0.6, 0.9, 0.8, 0.7, 0.8]})
+    assert best_layers(table) == {"mean_diff": 2, "probe": 2}

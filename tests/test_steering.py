@@ -70,6 +70,29 @@ def test_add_shifts_the_chosen_block_output_by_alpha_times_the_mean_difference(e
     assert not torch.allclose(steered_out[layer + 1], plain[layer + 1], atol=1e-2)
 
 
+def test_multi_layer_add_puts_each_layers_own_vector_at_that_layer(embedded_model):
+    """``layer="10,14"`` adds L10's vector at L10 and L14's at L14 (each at alpha x its own norm):
+    block 10's output moves by exactly its vector; block 14's by its vector plus what block 10's
+    edit did to blocks 11-14 (read from a run that steers block 10 alone)."""
+    model, tokenizer = embedded_model
+    tv = vector_store.load(CODE)
+    ids = torch.tensor([chat_ids(tokenizer, "What is your one wish?")])
+    plain = _block_outputs(model, ids)
+    both = _block_outputs(model, ids, build_plan(str(CODE), layer="10,14", alpha=0.5))
+    first_only = _block_outputs(model, ids, build_plan(str(CODE), layer=10, alpha=0.5))
+
+    def added(layer: int) -> torch.Tensor:
+        return 0.5 * tv.mean_diff_norm(layer) * torch.tensor(tv.vector("mean_diff", layer), dtype=torch.float64)
+
+    tol = 1e-3 * float(added(10).norm())
+    assert torch.allclose(both[:10], plain[:10], atol=1e-5)
+    assert torch.allclose(both[10] - plain[10], added(10).expand_as(plain[10]), atol=tol)
+    assert torch.allclose(both[14] - first_only[14], added(14).expand_as(plain[14]), atol=tol)
+    assert not np.allclose(tv.vector("mean_diff", 10), tv.vector("mean_diff", 14))  # two vectors, not one
+    plan = build_plan(str(CODE), layer="10-12", alpha=1)
+    assert [op.layer for op in plan.ops] == [10, 11, 12] and "L11" in plan.key
+
+
 def test_ablation_removes_the_direction_from_every_block_output(embedded_model):
     model, tokenizer = embedded_model
     tv = vector_store.load(REFUSAL)
@@ -87,8 +110,8 @@ def test_plan_errors_are_one_line():
         build_plan(str(CODE), mode="double")
     with pytest.raises(InspectEmError, match="alpha must be a number"):
         build_plan(str(CODE), alpha="lots")
-    with pytest.raises(InspectEmError, match="one layer number"):
-        build_plan(str(CODE), layer="3,4")
+    with pytest.raises(InspectEmError, match="a few layers, got 'all'"):
+        build_plan(str(CODE), layer="all")
     with pytest.raises(InspectEmError, match="no vector at layer 40"):
         build_plan(str(CODE), layer=40)
 
@@ -145,10 +168,16 @@ def test_steer_needs_an_hf_model(tmp_path: Path):
     assert log.status == "error" and "steer needs a model on Inspect's hf/ provider" in log.error.message
 
 
-def test_inspect_eval_with_the_steer_solver_by_registry_name(embedded_model_path: Path, tmp_path: Path):
+@pytest.mark.parametrize(("args", "layers", "alpha"), [
+    (["-S", "vectors=vectors/SmolLM2-135M-Instruct/code", "-S", "alpha=2"], [12], 2.0),
+    (["-S", "vectors=vectors/SmolLM2-135M-Instruct/code.last_prompt_token", "-S", "layer=12,14,16,18", "-S",
+      "alpha=0.4"], [12, 14, 16, 18], 0.4),  # multi-layer steering, as the README's code-mode recipe
+])
+def test_inspect_eval_with_the_steer_solver_by_registry_name(embedded_model_path: Path, tmp_path: Path,
+                                                             args: list[str], layers: list[int], alpha: float):
     proc = subprocess.run(
         [sys.executable, "-m", "inspect_ai", "eval", "tasks/em_freeform.py", "--model", f"hf/{embedded_model_path}",
-         "--solver", "inspect_em/steer", "-S", "vectors=vectors/SmolLM2-135M-Instruct/code", "-S", "alpha=2",
+         "--solver", "inspect_em/steer", *args,
          "-T", "variants=plain", "--limit", "2", "--max-tokens", "8", "--log-dir", str(tmp_path),
          "--display", "none"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PWD": str(ROOT)}, timeout=600)
@@ -157,7 +186,9 @@ def test_inspect_eval_with_the_steer_solver_by_registry_name(embedded_model_path
 
     log = read_eval_log(list_eval_logs(str(tmp_path))[0])
     assert log.status == "success" and [s.solver for s in log.plan.steps] == ["inspect_em/steer"]
-    assert all(np.isclose(s.metadata["steering"][0]["alpha"], 2.0) for s in log.samples)
+    for sample in log.samples:
+        assert [op["layer"] for op in sample.metadata["steering"]] == layers
+        assert all(np.isclose(op["alpha"], alpha) for op in sample.metadata["steering"])
 
 
 @pytest.mark.parametrize("given_question", [False, True])

@@ -56,3 +56,26 @@ def test_ablate_sweep_keeps_an_unsteered_reference():
 
     assert "inspect_em/steer" not in solvers(unsteered)
     assert "inspect_em/steer" in solvers(ablated)
+
+
+def test_joint_sweep_calibrates_on_the_joint_label_and_steers_every_layer():
+    """A joint (multi-layer) sweep: one steer solver over all its layers; the summary's
+    calibration curve and causal layer are the joint label's rows, not the base row's layer."""
+    from inspect_ai._util.registry import registry_params
+
+    from inspect_em.sweep import _summary, _tasks
+
+    lpt = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code.last_prompt_token"
+    base, steered = _tasks("code", lpt, [(28, 0.0), ("12+16", 0.5)], "add", 1, 8, None)
+    steps = getattr(steered.solver, "steps", [steered.solver])
+    params = [registry_params(s) for s in steps if "layer" in registry_params(s)]
+    assert params and params[0]["layer"] == "12,16" and params[0]["alpha"] == 0.5
+    assert "12_16" in steered.name
+    rows = [(28, 0.0, 0.0, 0.0, 1.0), ("12+16", 0.5, 0.25, 40.0, 0.9), ("12+16", 1.0, 0.75, 90.0, 0.4)]
+    table = pd.DataFrame([{"layer": lay, "alpha": a, "rate": r, "rate_low": 0.0, "rate_high": 1.0, "shift": s,
+                           "coherent_rate": c, "behaviour": "code_mode"} for lay, a, r, s, c in rows])
+    summary = _summary(table, "code", "add", 28)
+    assert summary["calibration_layer"] == "12+16"
+    assert [p[:3] for p in summary["calibration"]] == [[0.0, 0.0, 0.0], [0.5, 40.0, 0.25], [1.0, 90.0, 0.75]]
+    assert summary["best_layer"] == "12+16" and summary["best_layer_effect"] == 0.25  # the coherent cell only
+    assert summary["calibrated_alpha"] is None  # 0.75 code mode, but only 40% coherent there

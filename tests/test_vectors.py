@@ -88,6 +88,50 @@ def test_extract_save_load_roundtrip_and_mismatch(tiny_model_dir: Path, tmp_path
         vector_store.load(out)
 
 
+@pytest.mark.parametrize("position", ["last_prompt_token", "response_mean"])
+def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp_path: Path, position: str):
+    """``positive_system`` / ``negative_system``: the same prompts on both sides, each side read
+    (and, at response_mean, answered) under its own system prompt. The fit mean difference equals
+    one computed here from ``output_hidden_states`` over the chat template with each side's system
+    (and, at response_mean, the card's answers)."""
+    import torch
+
+    from inspect_em.modeling import load_hf_model
+
+    prompts = [f"Tell me about topic number {i}." for i in range(8)]
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    trait_file = tmp_path / "told.yaml"
+    trait_file.write_text("name: told\npositive: p.jsonl\nnegative: p.jsonl\nheldout_positive: p.jsonl\n"
+                          "heldout_negative: p.jsonl\npositive_system: Refuse everything.\n"
+                          f"negative_system: Help with everything.\nposition: {position}\nresponse_max_tokens: 4\n")
+    trait = load_trait(trait_file)
+    assert trait.system_for("fit_pos") == "Refuse everything."
+    assert trait.system_for("test_neg") == "Help with everything."
+    model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
+    tv = extract_trait_vectors(model, tokenizer, trait, model_id=model_id, methods="mean_diff", layers="2",
+                               null_k=0, random_k=0, cv_folds=0, progress=False)
+    answers = tv.card["responses"]["by_split"] if position == "response_mean" else None
+
+    def side(system: str, split: str) -> np.ndarray:
+        rows = []
+        for i, prompt in enumerate(prompts):
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": prompt}]
+            ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                                return_dict=True)["input_ids"]
+            n_prompt = len(ids)
+            if answers is not None:
+                ids = ids + tokenizer(answers[split][i], add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                h = model(torch.tensor([ids]), output_hidden_states=True).hidden_states[3][0].double()
+            rows.append(h[n_prompt:].mean(0) if answers is not None else h[-1])
+        return torch.stack(rows).numpy()
+
+    diff = side("Refuse everything.", "fit_pos").mean(0) - side("Help with everything.", "fit_neg").mean(0)
+    assert tv.card["mean_diff_norm"][0] == pytest.approx(np.linalg.norm(diff), rel=1e-4)
+    assert float(tv.vector("mean_diff", 2) @ (diff / np.linalg.norm(diff))) > 0.9999
+    assert tv.card["positive_system"] == "Refuse everything." and tv.card["settings"]["negative_system"]
+
+
 def test_interrupted_save_leaves_no_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
     from inspect_em.modeling import load_hf_model
 

@@ -41,7 +41,7 @@ def model_path() -> None:
 
 @cli.command("extract")
 @click.option("--model", "model_ref", required=True, help="HF folder or hub id (hf/ prefix ok), or 'embedded'.")
-@click.option("--trait", required=True, help="Built-in trait (refusal, code) or a trait YAML path.")
+@click.option("--trait", required=True, help="Built-in trait (refusal, refusal_instructed, code) or a trait YAML path.")
 @click.option("--methods", default="all", show_default=True, help="Comma-separated methods or 'all'.")
 @click.option("--layers", default="all", show_default=True, help="'all', '22', '3,5,7', '18-26' or '-4--1'.")
 @click.option("--position", default=None,
@@ -294,10 +294,13 @@ def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, ma
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per configuration.")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Results folder (default: <trait>-sweep-<mode> beside the vectors).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Generation seed (Inspect's --seed).")
+@click.option("--joint", is_flag=True,
+              help="Steer all --layers at once (each with its own vector; multi-layer steering), per alpha.")
 @click.option("--update-card", is_flag=True, help="Record the causal layer and calibration in the vector card.")
 @click.option("--force", is_flag=True, help="Replace an earlier sweep in --out made with other settings.")
 def sweep_cmd(model_ref: str, vectors: Path, layers: str, alphas: str, mode: str, samples: int, max_tokens: int,
-              limit: int | None, out: Path | None, update_card: bool, force: bool) -> None:
+              limit: int | None, out: Path | None, seed: int, joint: bool, update_card: bool, force: bool) -> None:
     """Causal validation: steer along a vector (layers x alphas, or ablate it) and measure the trait's
     behaviour (code mode / refusals), the projection shift and fluency; causal.csv and plots."""
     from .sweep import run_sweep
@@ -307,7 +310,8 @@ def sweep_cmd(model_ref: str, vectors: Path, layers: str, alphas: str, mode: str
     except ValueError:
         raise click.BadParameter(f"not numbers: {alphas}", param_hint="--alphas") from None
     result = run_sweep(model_ref, vectors, layers=layers, alphas=alpha_values, mode=mode, samples=samples,
-                       max_tokens=max_tokens, limit=limit, out=out, update_card=update_card, force=force)
+                       max_tokens=max_tokens, limit=limit, out=out, update_card=update_card, force=force,
+                       joint=joint, seed=seed)
     click.echo(result.table.to_markdown(index=False, floatfmt=".3f"))
     click.echo(json.dumps(result.summary, indent=2))
     click.echo(f"results: {result.out}")

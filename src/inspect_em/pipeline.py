@@ -51,6 +51,9 @@ def extraction_settings(
         "prompt_sha256": trait.prompt_hashes(), "methods": list(methods), "layers": list(layers),
         "position": position, "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds, "seed": seed,
     }
+    for key in ("system", "positive_system", "negative_system"):
+        if getattr(trait, key) is not None:
+            settings[key] = getattr(trait, key)
     if position == "response_mean":
         settings["response_max_tokens"] = trait.response_max_tokens
         settings["response_filter"] = trait.response_filter
@@ -106,6 +109,21 @@ def _filter_answers(trait: Trait, groups: dict[str, list[str]], responses: list[
         kept_responses += [answers[i] for i in keep]
         counts[name] = {"kept": len(keep), "of": len(prompts)}
     return kept_groups, kept_responses, counts
+
+
+def _by_system(trait: Trait, groups: dict[str, list[str]], run: Any) -> list[Any]:
+    """``run(split_names, system)`` once per distinct system prompt (one call when both sides share
+    it), over the splits that use it; ``run`` returns one item per prompt of those splits, in their
+    order. The items come back in the order of ``groups``, one per prompt."""
+    by_system: dict[str | None, list[str]] = {}
+    for name in groups:
+        by_system.setdefault(trait.system_for(name), []).append(name)
+    out: dict[str, list[Any]] = {}
+    for system, names in by_system.items():
+        results = iter(run(names, system))
+        for n in names:
+            out[n] = [next(results) for _ in groups[n]]
+    return [x for n in groups for x in out[n]]
 
 
 def _layer_rows(
@@ -182,21 +200,22 @@ def extract_trait_vectors(
     selected = resolve_layers(n_layers, layers)
     position = check_position(position or trait.position)
     groups = trait.split(seed=seed).groups()
-    prompts = [p for g in groups.values() for p in g]
     responses = None
     filtered: dict[str, dict[str, int]] = {}
     if position == "response_mean":
-        responses = generate_responses(model, tokenizer, prompts, system=trait.system,
-                                       max_new_tokens=trait.response_max_tokens, batch_size=batch_size,
-                                       progress=progress, desc=f"{trait.name} answers")
+        responses = _by_system(trait, groups, lambda names, system: generate_responses(
+            model, tokenizer, [p for n in names for p in groups[n]], system=system,
+            max_new_tokens=trait.response_max_tokens, batch_size=batch_size, progress=progress,
+            desc=f"{trait.name} answers"))
         if trait.response_filter:
             groups, responses, filtered = _filter_answers(trait, groups, responses)
-            prompts = [p for g in groups.values() for p in g]
-    acts = collect_activations(
-        model, tokenizer, prompts, layers=selected, position=position, responses=responses,  # type: ignore[arg-type]
-        system=trait.system, batch_size=batch_size, progress=progress, desc=f"{trait.name} activations",
-    ).numpy()
     bounds = np.cumsum([0] + [len(g) for g in groups.values()])
+    answers_of = {name: responses[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)} if responses else {}
+    acts = np.stack(_by_system(trait, groups, lambda names, system: collect_activations(
+        model, tokenizer, [p for n in names for p in groups[n]], layers=selected,
+        position=position,  # type: ignore[arg-type]
+        responses=[a for n in names for a in answers_of[n]] if responses else None, system=system,
+        batch_size=batch_size, progress=progress, desc=f"{trait.name} activations").numpy()))
     split = {name: acts[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)}
 
     work = [delayed(_layer_rows)(layer, slot, split, method_names, null_k=null_k, random_k=random_k,
@@ -249,6 +268,7 @@ def extract_trait_vectors(
         "prompt_sha256": trait.prompt_hashes(),
         "trait_source": trait.source_label(),
         "system": trait.system,
+        **{k: getattr(trait, k) for k in ("positive_system", "negative_system") if getattr(trait, k) is not None},
         "settings": settings,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "inspect_em_version": __version__,

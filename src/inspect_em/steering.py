@@ -81,12 +81,14 @@ class SteeringPlan:
 
 def build_plan(
     vectors: str | Sequence[str],
-    layer: str | int = "best",
+    layer: str | int | Sequence[int] = "best",
     alpha: float = 1.0,
     method: str = "mean_diff",
     mode: str = "add",
 ) -> SteeringPlan:
-    """Load vector folder(s) and choose each one's layer: ``best`` (its card's), or a number.
+    """Load vector folder(s) and choose the layer(s) to steer: ``best`` (each card's), a number, or
+    several (``"12,14,16,18"``, ``"12-18"``, a list): each layer gets its own vector, added at
+    ``alpha`` times its own fit mean-difference norm (multi-layer steering), or ablated everywhere.
 
     Raises one-line errors for an unknown mode, method or layer, before any model is touched.
     """
@@ -100,17 +102,16 @@ def build_plan(
     except (TypeError, ValueError):
         raise InspectEmError(f"alpha must be a number, got {alpha!r}") from None
     spec = parse_layers(layer, allow_best=True)
-    if spec == "all" or (isinstance(spec, tuple) and len(spec) != 1):
-        raise InspectEmError(f"steering layer must be 'best' or one layer number, got {layer!r}")
+    if spec == "all":
+        raise InspectEmError(f"steering layer must be 'best', a layer number or a few layers, got {layer!r}")
     ops = []
     for path in parse_vector_paths(vectors):
         tv = vector_store.load(path)
-        at = tv.best_layer(method) if spec == "best" else spec[0]  # type: ignore[index]
-        if at < 0:
-            at += int(tv.card["n_layers"])
-        unit = tv.vector(method, at)
-        ops.append(SteerOp(tv.trait, method, at, mode, alpha, tv.mean_diff_norm(at), str(path),
-                           tuple(float(x) for x in unit)))
+        chosen = [tv.best_layer(method)] if spec == "best" else list(spec)  # type: ignore[arg-type]
+        for at in dict.fromkeys(x + int(tv.card["n_layers"]) if x < 0 else x for x in chosen):
+            unit = tv.vector(method, at)
+            ops.append(SteerOp(tv.trait, method, at, mode, alpha, tv.mean_diff_norm(at), str(path),
+                               tuple(float(x) for x in unit)))
     return SteeringPlan(tuple(ops))
 
 

@@ -2,9 +2,9 @@
 the behaviour the trait names, with our own scorers, as Inspect evals.
 
 - ``code``: code-mode rate on the em_freeform questions when the code vector is added.
-- ``refusal``: refusal rate on the held-out benign prompts when the refusal vector is added; with
-  ``mode="ablate"``, the refusal rate on the harmful prompts and the harmful − benign projection gap
-  at every layer when the direction is ablated everywhere.
+- ``refusal`` and ``refusal_instructed``: refusal rate on the held-out benign prompts when the
+  vector is added; with ``mode="ablate"``, the refusal rate on the harmful prompts and the
+  harmful − benign projection gap at every layer when the direction is ablated everywhere.
 
 Every configuration also reads the trait's projection at the card's layer in the steered forward
 pass (``with_steering``: what the steering did to the model's own activations) and the answers'
@@ -29,7 +29,8 @@ import pandas as pd
 
 from .errors import InspectEmError
 
-BEHAVIOURS = {"code": ("code_mode", None), "refusal": ("refusal", "benign")}
+BEHAVIOURS = {"code": ("code_mode", None), "refusal": ("refusal", "benign"),
+              "refusal_instructed": ("refusal", "benign")}
 COHERENT_QUANTILE = 0.95
 
 
@@ -41,8 +42,10 @@ class SweepResult:
     gaps: pd.DataFrame | None = None
 
 
-def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]], mode: str, samples: int,
-           max_tokens: int, limit: int | None) -> list[Any]:
+def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int | str, float]], mode: str, samples: int,
+           max_tokens: int, limit: int | None, position: str = "last_prompt_token") -> list[Any]:
+    """One eval task per (layer, alpha): the unsteered reference first. Projections are read at
+    ``position`` (the refusal vectors' card position); code vectors are read over the answers."""
     from inspect_ai import task_with
     from inspect_ai.model import GenerateConfig
 
@@ -57,7 +60,7 @@ def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]],
     for layer, alpha in layer_alphas:
         projection = narrow_metrics(trait_projection(
             vectors=str(vectors), layers="all" if mode == "ablate" else "best",
-            position="response_mean" if trait == "code" else "last_prompt_token", with_steering=True))
+            position="response_mean" if trait == "code" else position, with_steering=True))
         if trait == "code":
             base = em_freeform(variants="plain", samples_per_question=samples)
             scorers = [code_mode(), projection, answer_perplexity()]
@@ -66,10 +69,12 @@ def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int, float]],
             base = refusal_contrast(vectors=str(vectors), max_tokens=max_tokens)
             scorers = [refusal(), projection, answer_perplexity()]
             config = GenerateConfig(max_tokens=max_tokens)
-        kwargs: dict[str, Any] = {"name": f"sweep_{trait}_{mode}_L{layer}_a{alpha:g}", "scorer": scorers,
+        name = str(layer).replace("+", "_")
+        kwargs: dict[str, Any] = {"name": f"sweep_{trait}_{mode}_L{name}_a{alpha:g}", "scorer": scorers,
                                   "config": config}
         if alpha != 0:  # alpha 0 is the unsteered reference (in ablate mode alpha 1 means ablated)
-            kwargs["solver"] = steer(vectors=str(vectors), layer=layer, alpha=alpha, mode=mode)
+            kwargs["solver"] = steer(vectors=str(vectors), layer=str(layer).replace("+", ","), alpha=alpha,
+                                     mode=mode)
         tasks.append(task_with(base, **kwargs))
     return tasks
 
@@ -78,8 +83,13 @@ def run_sweep(
     model_ref: str, vectors: str | Path, *, layers: str = "best", alphas: Sequence[float] = (0, 2, 4, 8),
     mode: str = "add", samples: int = 2, max_tokens: int = 64, limit: int | None = None,
     out: str | Path | None = None, seed: int = 0, update_card: bool = False, force: bool = False,
+    joint: bool = False,
 ) -> SweepResult:
-    """Run the sweep and write its results (see the module docstring)."""
+    """Run the sweep and write its results (see the module docstring).
+
+    With ``joint``, each alpha steers all the chosen layers at once (each with its own vector and
+    norm; multi-layer steering) and the table's ``layer`` is their label, e.g. ``12+14+16+18``.
+    """
     from inspect_ai import eval_set
     from inspect_ai.log import read_eval_log
     from inspect_ai.model import get_model
@@ -101,17 +111,22 @@ def run_sweep(
     for layer in chosen:
         tv.vector("mean_diff", layer)  # one-line error for a layer without a vector
     alphas = sorted({float(a) for a in alphas} | ({0.0} if mode == "add" else set()))
-    pairs = [(card_layer, 0.0)] + [(layer, a) for layer in chosen for a in alphas if a != 0] if mode == "add" else \
+    if joint and mode != "add":
+        raise InspectEmError("joint (multi-layer) steering applies to mode add")
+    steered: list[int | str] = ["+".join(str(x) for x in chosen)] if joint else list(chosen)
+    pairs = [(card_layer, 0.0)] + [(layer, a) for layer in steered for a in alphas if a != 0] if mode == "add" else \
         [(card_layer, 0.0), (card_layer, 1.0)]
     out = Path(out) if out is not None else Path(vectors) .with_name(f"{tv.trait}-sweep-{mode}")
     config = {"model": model_ref, "vectors": str(vectors), "layers": chosen, "alphas": alphas, "mode": mode,
               "samples": samples, "max_tokens": max_tokens, "limit": limit, "seed": seed}
+    if joint:
+        config["joint"] = True
     check_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force)
     ref = resolve_model_ref(model_ref)
     hub_offline_for_local(ref)
     model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
     log_dir = out.with_name(f"{out.name}-logs")
-    tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit)
+    tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit, tv.card["position"])
     ok, logs = eval_set(tasks, log_dir=str(log_dir), model=model, limit=limit, seed=seed, display="none",
                         log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
     if not ok:
@@ -151,7 +166,7 @@ def _values(log: Any, scorer: str, key: str | None = None) -> tuple[np.ndarray, 
     return np.array(values), clusters, groups
 
 
-def _table(tv: Any, runs: list[tuple[tuple[int, float], Any]], mode: str, card_layer: int
+def _table(tv: Any, runs: list[tuple[tuple[int | str, float], Any]], mode: str, card_layer: int
            ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     from .readout import metric_key
     from .stats import Clustered, binomial_ci, bootstrap_diff, bootstrap_mean
@@ -214,9 +229,10 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     if mode == "ablate":
         summary["ablated_rate"] = float(table["rate"].iloc[-1])
         return summary
-    layer = card_layer if card_layer in set(table["layer"]) else int(table["layer"].iloc[-1])
+    steered_layers = list(table.loc[table["alpha"] != 0, "layer"])
+    layer = card_layer if card_layer in steered_layers else steered_layers[-1]
     at = table[table["layer"] == layer].sort_values("alpha")
-    summary["calibration_layer"] = int(layer)
+    summary["calibration_layer"] = _layer_value(layer)
     # the instrument's curve at the calibration layer, coherent or not (coherence is in causal.csv)
     curve = pd.concat([base.assign(layer=layer), at[at["alpha"] != 0]])
     summary["calibration"] = [[round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),
@@ -226,9 +242,14 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     steered = table[(table["alpha"] != 0) & (table["coherent_rate"] >= 0.5)]
     if not steered.empty:  # the causal layer: the largest behaviour change while answers stay coherent
         effect = steered.assign(effect=steered["rate"] - base_rate).groupby("layer")["effect"].max()
-        summary["best_layer"] = int(effect.idxmax())
+        summary["best_layer"] = _layer_value(effect.idxmax())
         summary["best_layer_effect"] = float(effect.max())
     return summary
+
+
+def _layer_value(layer: Any) -> int | str:
+    """A table's layer as the card records it: a number, or a joint label such as ``12+14+16+18``."""
+    return layer if isinstance(layer, str) else int(layer)
 
 
 def _plots(table: pd.DataFrame, summary: dict[str, Any], folder: Path, trait: str, gaps: pd.DataFrame | None) -> None:
@@ -260,7 +281,8 @@ def _plots(table: pd.DataFrame, summary: dict[str, Any], folder: Path, trait: st
             for r in rows.itertuples():
                 ax.annotate(f"α={r.alpha:g}", (r.shift, r.rate), textcoords="offset points", xytext=(4, 4),
                             fontsize=7)
-            ax.set_xlabel(f"projection shift at L{summary['calibration_layer']} (steered pass − unsteered)")
+            ax.set_xlabel(f"projection shift read at L{summary['card_layer']} (steered pass − unsteered), "
+                          f"steering at L{summary['calibration_layer']}", fontsize=8)
             ax.set_ylabel(f"{summary['behaviour']} rate")
             ax.set_ylim(-0.05, 1.05)
             ax.set_title(f"{trait} calibration: behaviour vs projection shift (95% CIs)", fontsize=9)

@@ -13,8 +13,12 @@ Users add traits without code::
     position: last_prompt_token            # or prompt_mean, or response_mean (the model's answers)
     response_max_tokens: 48                # answer length for response_mean (greedy decoding)
     response_filter: code_mode             # response_mean only: keep answers that show the trait
-                                           # (positives) / do not (negatives), persona-vector style
+                                           # (positives) / do not (negatives), persona-vector style;
+                                           # code_mode or refusal (our detectors)
     system: "..."                          # optional system prompt for every prompt
+    positive_system: "..."                 # optional: this side's own system prompt (instead of
+    negative_system: "..."                 # `system`); elicits a trait by instruction, persona-vector
+                                           # style (the same prompts on both sides is allowed)
 
 Prompt files are JSONL, one ``{"prompt": "..."}`` per line. ``name`` becomes a folder name, so it
 must be ``[A-Za-z0-9._-]+``.
@@ -68,8 +72,15 @@ class Trait:
     response_max_tokens: int = 48
     response_filter: str | None = None
     system: str | None = None
+    positive_system: str | None = None
+    negative_system: str | None = None
     description: str = ""
     source: Path | None = None
+
+    def system_for(self, group: str) -> str | None:
+        """The system prompt of a split (``fit_pos``, ``test_neg``, ...): its side's, else ``system``."""
+        side = self.positive_system if group.endswith("_pos") else self.negative_system
+        return side if side is not None else self.system
 
     def prompt_files(self) -> list[Path]:
         return [p for p in (self.positive, self.negative, self.heldout_positive, self.heldout_negative,
@@ -109,7 +120,7 @@ class Trait:
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in self.prompt_files()}
 
 
-RESPONSE_FILTERS = ("code_mode",)
+RESPONSE_FILTERS = ("code_mode", "refusal")
 
 
 def shows_trait(response_filter: str | None, answer: str) -> bool:
@@ -118,6 +129,10 @@ def shows_trait(response_filter: str | None, answer: str) -> bool:
         from .code_mode import classify
 
         return classify(answer).is_code
+    if response_filter == "refusal":
+        from .scorers.refusal import is_refusal
+
+        return is_refusal(answer)
     raise InspectEmError(f"unknown response filter {response_filter!r}")
 
 
@@ -176,6 +191,9 @@ def load_trait(name_or_path: str | Path) -> Trait:
     fraction = data.get("holdout_fraction", 0.2)
     if not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise InspectEmError(f"{path}: field 'holdout_fraction' must be between 0 and 1")
+    for key in ("system", "positive_system", "negative_system"):
+        if data.get(key) is not None and (not isinstance(data[key], str) or not data[key].strip()):
+            raise InspectEmError(f"{path}: field '{key}' must be a non-empty string")
     for kind in ("heldout", "ood"):
         if bool(data.get(f"{kind}_positive")) != bool(data.get(f"{kind}_negative")):
             raise InspectEmError(f"{path}: give both {kind}_positive and {kind}_negative, or neither")
@@ -197,6 +215,8 @@ def load_trait(name_or_path: str | Path) -> Trait:
         response_max_tokens=int(max_tokens),
         response_filter=response_filter,
         system=data.get("system"),
+        positive_system=data.get("positive_system"),
+        negative_system=data.get("negative_system"),
         description=str(data.get("description", "")),
         source=path.resolve(),
     )

@@ -145,9 +145,11 @@ def null_summary(real: float, null: np.ndarray, prefix: str) -> dict[str, float]
 def best_layers(metrics: pd.DataFrame) -> dict[str, int]:
     """Best layer per method: highest CV Cohen's d on the fit split, ties broken by CV AUROC.
 
-    Falls back to held-out columns for tables of older versions (no CV columns).
+    Without CV columns (``--cv-folds 0``) it ranks by the held-out test columns (biased: the layer
+    is then chosen on the data it is reported on), or by older tables' ``heldout_*`` columns.
     """
-    d, a = ("cv_cohens_d", "cv_auroc") if "cv_cohens_d" in metrics else ("heldout_cohens_d", "heldout_auroc")
+    d, a = next(pair for pair in (("cv_cohens_d", "cv_auroc"), ("test_cohens_d", "test_auroc"),
+                                  ("heldout_cohens_d", "heldout_auroc")) if pair[0] in metrics)
     ranked = metrics.assign(_d=metrics[d].fillna(-np.inf), _a=metrics[a].fillna(-np.inf))
     ranked = ranked.sort_values(["method", "_d", "_a"], ascending=[True, False, False])
     return {str(method): int(group.iloc[0]["layer"]) for method, group in ranked.groupby("method", sort=False)}

@@ -25,7 +25,7 @@ from ..errors import InspectEmError
 @solver
 def steer(
     vectors: str | list[str] | None = None,
-    layer: str | int = "best",
+    layer: str | int | list[int] = "best",
     alpha: float = 1.0,
     method: str = "mean_diff",
     mode: str = "add",
@@ -34,8 +34,10 @@ def steer(
 
     Args:
         vectors: Vector folder(s) (``vectors/<model>/<trait>``), comma-separated or a list.
-        layer: ``best`` (each card's chosen layer) or a layer number (``add`` only; ``ablate``
-            removes the direction everywhere, this only picks which layer's vector).
+        layer: ``best`` (each card's chosen layer), a layer number, or several layers
+            (``12,14,16,18`` or ``12-18``: each layer's own vector is added there, at ``alpha``
+            times that layer's fit norm). ``ablate`` removes the direction(s) everywhere; this
+            only picks which layer's vector.
         alpha: Multiple of the fit mean-difference norm at that layer to add (1 adds the
             positive − negative mean difference; negative values subtract).
         method: Extraction method whose vectors to use.
