@@ -71,4 +71,5 @@ clean:
 # defaults): vectors, LoRA finetunes on insecure / secure / prose data (SEEDS each), a steered
 # positive control, evals through Inspect's eval_set, compare. Re-run to resume.
 em-demo: model
-	$(BIN)/inspect-em demo --out runs/em-demo --n $(N) --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),)
+	$(BIN)/inspect-em demo --out runs/em-demo --n $(N) --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),) \
+		--steer-vectors vectors/$(MODEL_NAME)/code.last_prompt_token --steer-layer 12,14,16,18 --steer-alpha 0.4

@@ -44,3 +44,27 @@ def test_demo_smoke_run_from_a_relative_out_and_its_restart(embedded_model_path:
     assert "reused finished stages: data insecure, data prose, finetune insecure, finetune prose" in second.stdout
     assert len(list((run / "logs").rglob("*.eval"))) == 7  # eval_set reused every log
     pd.testing.assert_frame_equal(pd.read_csv(run / "report" / "summary.csv"), summary)
+
+
+def test_positive_control_steering_is_configurable_and_checked_up_front(tmp_path: Path):
+    """``--steer-vectors`` / ``--steer-layer``: a bad folder or layer fails at the config check
+    (before any data or finetune); a good one steers the positive control with those vectors at
+    those layers, read by the run's own code vector."""
+    from inspect_ai._util.registry import registry_params
+
+    from inspect_em.demo import DemoConfig, _tasks_for
+    from inspect_em.errors import InspectEmError
+
+    shipped = Path(__file__).parent.parent / "vectors" / "SmolLM2-135M-Instruct"
+    with pytest.raises(InspectEmError, match="missing: trait-vector folder not found"):
+        DemoConfig(steer_vectors=str(tmp_path / "missing")).check()
+    with pytest.raises(InspectEmError, match="no vector at layer 40"):
+        DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,40").check()
+    cfg = DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,14,16,18",
+                     steer_alpha=0.4)
+    cfg.check()
+    (task,) = _tasks_for("steered-code", cfg, {"code": shipped / "code", "refusal": shipped / "refusal"})
+    steps = getattr(task.solver, "steps", [task.solver])
+    (params,) = [registry_params(s) for s in steps if "layer" in registry_params(s)]
+    assert params["vectors"].endswith("code.last_prompt_token") and params["layer"] == "12,14,16,18"
+    assert params["alpha"] == 0.4

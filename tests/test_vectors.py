@@ -218,7 +218,7 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("folder", ["code", "refusal.response_mean"])
+@pytest.mark.parametrize("folder", ["code", "refusal.response_mean", "refusal_instructed"])
 def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
     """Response-position vectors: the card keeps the prompts and the model's answers; refitting
     mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
@@ -236,11 +236,11 @@ def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_mod
         assert all(shows_trait(trait.response_filter, a) for a in answers["fit_pos"])
         assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
     again = generate_responses(model, tokenizer, prompts["fit_neg"][:3], max_new_tokens=trait.response_max_tokens,
-                               progress=False)
+                               system=trait.system_for("fit_neg"), progress=False)
     assert again == answers["fit_neg"][:3]
     layer = shipped.best_layer("mean_diff")
     acts = [collect_activations(model, tokenizer, prompts[k], layers=[layer], position="response_mean",
-                                responses=answers[k], progress=False)[:, 0].double().numpy()
+                                responses=answers[k], system=trait.system_for(k), progress=False)[:, 0].double().numpy()
             for k in ("fit_pos", "fit_neg")]
     v = acts[0].mean(0) - acts[1].mean(0)
     assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999

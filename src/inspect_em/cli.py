@@ -247,14 +247,18 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
 @click.option("--positive-control/--no-positive-control", default=True, show_default=True,
               help="Evaluate the base model steered with the code vector (a known effect) beside the finetunes.")
 @click.option("--steer-alpha", type=float, default=None, help="The positive control's alpha (default: calibrated).")
+@click.option("--steer-layer", default="best", show_default=True,
+              help="The positive control's layer(s): best, 12, or several (12,14,16,18) steered together.")
+@click.option("--steer-vectors", default=None,
+              help="The positive control's vector folder (default: the run's own code vectors).")
 @click.option("--layers", default="all", show_default=True, help="Layers to extract and project.")
 @click.option("--methods", default="all", show_default=True, help="Extraction methods.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per eval task (smoke runs).")
 @click.option("--force", is_flag=True, help="Replace stage outputs made with other settings.")
 def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, max_steps: int, grad_accum: int,
              samples_per_question: int, max_tokens: int, variants: str, sets: str, seeds: int, organisms: str,
-             positive_control: bool, steer_alpha: float | None, layers: str, methods: str, limit: int | None,
-             force: bool) -> None:
+             positive_control: bool, steer_alpha: float | None, steer_layer: str, steer_vectors: str | None,
+             layers: str, methods: str, limit: int | None, force: bool) -> None:
     """End-to-end EM detection on the embedded model: vectors, LoRA finetunes with matched controls,
     evals (Inspect eval_set), compare. Restartable: re-run the same command to resume.
 
@@ -272,8 +276,8 @@ def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, ma
     config = DemoConfig(n_examples=n_examples, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
                         grad_accum=grad_accum, samples_per_question=samples_per_question, max_tokens=max_tokens,
                         variants=variants, conditions=items(sets), seeds=seeds, organisms=items(organisms),
-                        positive_control=positive_control, steer_alpha=steer_alpha, layers=layers, methods=methods,
-                        limit=limit)
+                        positive_control=positive_control, steer_alpha=steer_alpha, steer_layer=steer_layer,
+                        steer_vectors=steer_vectors, layers=layers, methods=methods, limit=limit)
     result = run_demo(out, config, force=force, report=click.echo)
     if result.skipped:
         click.echo(f"reused finished stages: {', '.join(result.skipped)}")

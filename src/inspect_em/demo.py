@@ -9,7 +9,10 @@ folder per model) → compare (vs the base and each matched control).
   With ``seeds > 1`` every condition is finetuned with each seed (LoRA init and data order) and
   labelled ``<condition>-s<seed>``; compare then gives seed-level CIs.
 - Positive control (``positive_control``): the base model steered with the code vector, whose
-  effect is known; the report shows the instrument detects it beside the finetunes.
+  effect is known; the report shows the instrument detects it beside the finetunes. By default
+  the run's own code vector at its card layer; ``steer_vectors`` / ``steer_layer`` pick another
+  (``make em-demo`` uses the embedded model's multi-layer recipe: the prompt-position code vector
+  at L12, L14, L16 and L18, α = 0.4). It is always read by the run's own code vector.
 - Organisms (one finetune each): ``backdoor`` (insecure code only after a trigger; evaluated with
   and without it, the base model too) and ``evil_numbers`` with its ``neutral_numbers`` control
   (evaluated with the evil-numbers question format and the loaded-numbers scorer).
@@ -59,6 +62,8 @@ class DemoConfig:
     organisms: tuple[str, ...] = ()
     positive_control: bool = True
     steer_alpha: float | None = None
+    steer_layer: str = "best"
+    steer_vectors: str | None = None
     layers: str = "all"
     methods: str = "all"
     limit: int | None = None
@@ -76,6 +81,10 @@ class DemoConfig:
             raise InspectEmError(f"seeds must be >= 1, got {self.seeds}")
         if "insecure" not in self.conditions and not self.organisms:
             raise InspectEmError("the demo needs the insecure condition or an organism to compare")
+        if self.positive_control and self.steer_vectors is not None:  # fail now, not after the finetunes
+            from .steering import build_plan
+
+            build_plan(self.steer_vectors, layer=self.steer_layer, alpha=self.steer_alpha or 1.0)
 
 
 @dataclass
@@ -255,10 +264,10 @@ def _finetunes(out: Path, cfg: DemoConfig, finetuned: dict[str, tuple[str, int |
 
 
 def steer_alpha(cfg: DemoConfig, code_dir: Path) -> float:
-    """The positive control's alpha: the config's, else the code card's calibrated one."""
+    """The positive control's alpha: the config's, else the steering vectors' calibrated one."""
     if cfg.steer_alpha is not None:
         return cfg.steer_alpha
-    card = json.loads((code_dir / "card.json").read_text())
+    card = json.loads((Path(cfg.steer_vectors or code_dir) / "card.json").read_text())
     return float((card.get("causal") or {}).get("calibrated_alpha") or DEFAULT_STEER_ALPHA)
 
 
@@ -281,7 +290,8 @@ def _tasks_for(label: str, cfg: DemoConfig, vector_dirs: dict[str, Path]) -> lis
         from .scorers.code_mode import code_mode
         from .scorers.projection import narrow_metrics, trait_projection
 
-        solver = steer(vectors=str(vector_dirs["code"]), alpha=steer_alpha(cfg, vector_dirs["code"]))
+        solver = steer(vectors=cfg.steer_vectors or str(vector_dirs["code"]), layer=cfg.steer_layer,
+                       alpha=steer_alpha(cfg, vector_dirs["code"]))
         scorers = [code_mode(), narrow_metrics(trait_projection(vectors=both, layers=cfg.layers,
                                                                 position="response_mean", with_steering=True))]
         return [task_with(freeform("em_freeform"), solver=solver, scorer=scorers)]
