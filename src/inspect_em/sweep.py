@@ -66,7 +66,7 @@ def _tasks(trait: str, vectors: Path, layer_alphas: Sequence[tuple[int | str, fl
             scorers = [code_mode(), projection, answer_perplexity()]
             config = GenerateConfig(temperature=1.0, max_tokens=max_tokens)
         else:
-            base = refusal_contrast(vectors=str(vectors), max_tokens=max_tokens)
+            base = refusal_contrast(vectors=str(vectors), max_tokens=max_tokens, position=position)
             scorers = [refusal(), projection, answer_perplexity()]
             config = GenerateConfig(max_tokens=max_tokens)
         name = str(layer).replace("+", "_")
