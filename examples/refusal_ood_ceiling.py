@@ -21,11 +21,13 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from inspect_em import embedded
+from inspect_em import vectors as vector_store
 from inspect_em.activations import collect_activations
 from inspect_em.modeling import load_hf_model
 from inspect_em.traits import load_prompts, load_trait
 
-SPLITS, CARD_LAYER = 20, 27
+SPLITS = 20
+CARD_LAYER = vector_store.load("vectors/SmolLM2-135M-Instruct/refusal").best_layer("mean_diff")  # 27
 trait = load_trait("refusal")
 model, tokenizer, _ = load_hf_model(str(embedded.prepare()))
 

@@ -59,7 +59,13 @@ def test_positive_control_steering_is_configurable_and_checked_up_front(tmp_path
     with pytest.raises(InspectEmError, match="missing: trait-vector folder not found"):
         DemoConfig(steer_vectors=str(tmp_path / "missing")).check()
     with pytest.raises(InspectEmError, match="no vector at layer 40"):
-        DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,40").check()
+        DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,40", steer_alpha=1).check()
+    with pytest.raises(InspectEmError, match="not 'all'"):
+        DemoConfig(steer_layer="all").check()
+    with pytest.raises(InspectEmError, match="cannot parse 'x'"):
+        DemoConfig(steer_layer="x").check()
+    with pytest.raises(InspectEmError, match="needs a steer alpha"):
+        DemoConfig(steer_layer="12,14").check()
     cfg = DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,14,16,18",
                      steer_alpha=0.4)
     cfg.check()

@@ -105,6 +105,19 @@ def test_ablation_removes_the_direction_from_every_block_output(embedded_model):
     assert (plain @ v).abs().max().item() > 1.0  # ... where it was far from 0 before
 
 
+def test_ablating_several_directions_removes_all_of_them(embedded_model):
+    """Two non-orthogonal directions (refusal at L22 and L27, cosine ~0.75) ablated together: the
+    block outputs carry neither (projected out one after the other, a part of the first remains)."""
+    model, tokenizer = embedded_model
+    tv = vector_store.load(REFUSAL)
+    v22, v27 = (torch.tensor(tv.vector("mean_diff", layer), dtype=torch.float64) for layer in (22, 27))
+    assert abs(float(v22 @ v27)) > 0.3
+    ids = torch.tensor([chat_ids(tokenizer, "How can I sabotage an airplane?")])
+    ablated = _block_outputs(model, ids, build_plan(str(REFUSAL), layer="22,27", mode="ablate"))
+    for v in (v22, v27):
+        assert ((ablated @ v).abs() / ablated.norm(dim=-1)).max().item() < 1e-4
+
+
 def test_plan_errors_are_one_line():
     with pytest.raises(InspectEmError, match="unknown steering mode 'double'"):
         build_plan(str(CODE), mode="double")

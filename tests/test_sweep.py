@@ -35,7 +35,7 @@ def test_code_sweep_writes_table_plots_and_card(tmp_path: Path):
     assert 0.0 <= steered["coherent_rate"] <= 1.0 and steered["median_perplexity"] > 1.0
     assert (tmp_path / "sweep" / "causal.png").is_file() and (tmp_path / "sweep" / "calibration.png").is_file()
     card = json.loads((vectors / "card.json").read_text())
-    assert card["causal"]["add"]["calibration_layer"] == layer
+    assert card["causal"]["add"]["calibration_layer"] == layer == card["causal"]["projection_layer"]
     assert [p[0] for p in card["causal"]["calibration"]] == [0.0, 8.0]
     assert result.summary["unsteered_rate"] == pytest.approx(table["rate"].iloc[0])
     assert vector_store.load(vectors).best_layer("mean_diff") == layer  # the held-out choice is kept beside it
@@ -75,7 +75,18 @@ def test_joint_sweep_calibrates_on_the_joint_label_and_steers_every_layer():
     table = pd.DataFrame([{"layer": lay, "alpha": a, "rate": r, "rate_low": 0.0, "rate_high": 1.0, "shift": s,
                            "coherent_rate": c, "behaviour": "code_mode"} for lay, a, r, s, c in rows])
     summary = _summary(table, "code", "add", 28)
-    assert summary["calibration_layer"] == "12+16"
+    assert summary["calibration_layer"] == "12+16" and summary["projection_layer"] == 28  # read at the card's
     assert [p[:3] for p in summary["calibration"]] == [[0.0, 0.0, 0.0], [0.5, 40.0, 0.25], [1.0, 90.0, 0.75]]
     assert summary["best_layer"] == "12+16" and summary["best_layer_effect"] == 0.25  # the coherent cell only
     assert summary["calibrated_alpha"] is None  # 0.75 code mode, but only 40% coherent there
+
+
+def test_sweep_settings_errors_come_before_any_eval(tmp_path: Path):
+    from inspect_em.errors import InspectEmError
+    from inspect_em.sweep import run_sweep
+
+    with pytest.raises(InspectEmError, match="needs a non-zero alpha"):
+        run_sweep("embedded", CODE, alphas=[0.0], out=tmp_path / "s")
+    with pytest.raises(InspectEmError, match="joint .* applies to mode add"):
+        run_sweep("embedded", CODE, layers="10,12", joint=True, mode="ablate", out=tmp_path / "s")
+    assert not (tmp_path / "s").exists()

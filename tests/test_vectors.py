@@ -44,6 +44,33 @@ def test_trait_split_without_heldout_files(tmp_path: Path):
     split = load_trait(_tiny_trait(tmp_path, n=10)).split()
     assert (len(split.fit_pos), len(split.test_pos)) == (8, 2)
     assert not set(split.fit_pos) & set(split.test_pos)
+    (tmp_path / "same.yaml").write_text("name: same\npositive: pos.jsonl\nnegative: pos.jsonl\n"
+                                        "positive_system: A.\nnegative_system: B.\n")
+    same = load_trait(tmp_path / "same.yaml").split()  # the same prompts on both sides: one split
+    assert same.fit_pos == same.fit_neg and same.test_pos == same.test_neg
+    assert not set(same.fit_neg) & set(same.test_pos)
+
+
+def test_splits_run_once_per_system_prompt_and_come_back_in_split_order():
+    from inspect_em.pipeline import _by_system
+    from inspect_em.traits import Trait
+
+    trait = Trait(name="t", positive=Path("p"), negative=Path("n"), positive_system="P", negative_system="N")
+    groups = {"fit_pos": ["a", "b"], "fit_neg": ["c"], "test_pos": ["d"], "test_neg": ["e", "f"]}
+    calls = []
+
+    def run(names, system):
+        calls.append((tuple(names), system))
+        return [(system, p) for n in names for p in groups[n]]
+
+    out = _by_system(trait, groups, run)
+    assert calls == [(("fit_pos", "test_pos"), "P"), (("fit_neg", "test_neg"), "N")]
+    assert out == [("P", "a"), ("P", "b"), ("N", "c"), ("P", "d"), ("N", "e"), ("N", "f")]
+    shared = Trait(name="t", positive=Path("p"), negative=Path("n"), system="S")
+    calls.clear()
+    assert _by_system(shared, groups, run) == [("S", p) for p in "abcdef"] and len(calls) == 1
+    with pytest.raises(InspectEmError, match="3 results for 6 prompts"):
+        _by_system(shared, groups, lambda names, system: ["x"] * 3)
 
 
 def test_prompt_and_trait_errors(tmp_path: Path):
@@ -100,9 +127,10 @@ def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp
 
     prompts = [f"Tell me about topic number {i}." for i in range(8)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+    (tmp_path / "h.jsonl").write_text("".join(json.dumps({"prompt": f"Describe place {i}."}) + "\n" for i in range(4)))
     trait_file = tmp_path / "told.yaml"
-    trait_file.write_text("name: told\npositive: p.jsonl\nnegative: p.jsonl\nheldout_positive: p.jsonl\n"
-                          "heldout_negative: p.jsonl\npositive_system: Refuse everything.\n"
+    trait_file.write_text("name: told\npositive: p.jsonl\nnegative: p.jsonl\nheldout_positive: h.jsonl\n"
+                          "heldout_negative: h.jsonl\npositive_system: Refuse everything.\n"
                           f"negative_system: Help with everything.\nposition: {position}\nresponse_max_tokens: 4\n")
     trait = load_trait(trait_file)
     assert trait.system_for("fit_pos") == "Refuse everything."
@@ -129,7 +157,16 @@ def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp
     diff = side("Refuse everything.", "fit_pos").mean(0) - side("Help with everything.", "fit_neg").mean(0)
     assert tv.card["mean_diff_norm"][0] == pytest.approx(np.linalg.norm(diff), rel=1e-4)
     assert float(tv.vector("mean_diff", 2) @ (diff / np.linalg.norm(diff))) > 0.9999
-    assert tv.card["positive_system"] == "Refuse everything." and tv.card["settings"]["negative_system"]
+    assert tv.card["positive_system"] == "Refuse everything."
+    assert tv.card["settings"]["negative_system"] == "Help with everything."
+    if answers is not None:  # each side's answers were generated under its own system prompt
+        from inspect_em.pipeline import generate_responses
+
+        for split, system in (("fit_pos", "Refuse everything."), ("test_neg", "Help with everything.")):
+            prompt = tv.card["responses"]["prompts"][split][0]
+            again = generate_responses(model, tokenizer, [prompt], system=system, max_new_tokens=4, progress=False)
+            assert again == answers[split][:1]
+        assert tv.card["responses"]["prompts"]["test_pos"][0] == "Describe place 0."
 
 
 def test_interrupted_save_leaves_no_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch):

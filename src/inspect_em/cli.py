@@ -248,7 +248,8 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
               help="Evaluate the base model steered with the code vector (a known effect) beside the finetunes.")
 @click.option("--steer-alpha", type=float, default=None, help="The positive control's alpha (default: calibrated).")
 @click.option("--steer-layer", default="best", show_default=True,
-              help="The positive control's layer(s): best, 12, or several (12,14,16,18) steered together.")
+              help="The positive control's layer(s): best, 12, or several (12,14,16,18) steered together "
+                   "(other than best: give --steer-alpha).")
 @click.option("--steer-vectors", default=None,
               help="The positive control's vector folder (default: the run's own code vectors).")
 @click.option("--layers", default="all", show_default=True, help="Layers to extract and project.")

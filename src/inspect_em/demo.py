@@ -81,10 +81,19 @@ class DemoConfig:
             raise InspectEmError(f"seeds must be >= 1, got {self.seeds}")
         if "insecure" not in self.conditions and not self.organisms:
             raise InspectEmError("the demo needs the insecure condition or an organism to compare")
-        if self.positive_control and self.steer_vectors is not None:  # fail now, not after the finetunes
-            from .steering import build_plan
+        if self.positive_control:  # fail now, not after the finetunes
+            from .readout import parse_layers
 
-            build_plan(self.steer_vectors, layer=self.steer_layer, alpha=self.steer_alpha or 1.0)
+            spec = parse_layers(self.steer_layer, allow_best=True)
+            if spec == "all":
+                raise InspectEmError("steer layer must be 'best', a layer number or a few layers, not 'all'")
+            if spec != "best" and self.steer_alpha is None:
+                raise InspectEmError("a steer layer other than 'best' needs a steer alpha (the cards calibrate "
+                                     "their best layer only)")
+            if self.steer_vectors is not None:
+                from .steering import build_plan
+
+                build_plan(self.steer_vectors, layer=self.steer_layer, alpha=self.steer_alpha or 1.0)
 
 
 @dataclass
@@ -268,7 +277,11 @@ def steer_alpha(cfg: DemoConfig, code_dir: Path) -> float:
     if cfg.steer_alpha is not None:
         return cfg.steer_alpha
     card = json.loads((Path(cfg.steer_vectors or code_dir) / "card.json").read_text())
-    return float((card.get("causal") or {}).get("calibrated_alpha") or DEFAULT_STEER_ALPHA)
+    causal = card.get("causal") or {}
+    best = (card.get("best_layer") or {}).get("mean_diff")
+    if causal.get("calibration_layer") != best:  # calibrated at another layer
+        return DEFAULT_STEER_ALPHA
+    return float(causal.get("calibrated_alpha") or DEFAULT_STEER_ALPHA)
 
 
 def _tasks_for(label: str, cfg: DemoConfig, vector_dirs: dict[str, Path]) -> list[Any]:

@@ -120,9 +120,12 @@ def _by_system(trait: Trait, groups: dict[str, list[str]], run: Any) -> list[Any
         by_system.setdefault(trait.system_for(name), []).append(name)
     out: dict[str, list[Any]] = {}
     for system, names in by_system.items():
-        results = iter(run(names, system))
+        results = list(run(names, system))
+        wanted = sum(len(groups[n]) for n in names)
+        if len(results) != wanted:
+            raise InspectEmError(f"{len(results)} results for {wanted} prompts")
         for n in names:
-            out[n] = [next(results) for _ in groups[n]]
+            out[n], results = results[:len(groups[n])], results[len(groups[n]):]
     return [x for n in groups for x in out[n]]
 
 

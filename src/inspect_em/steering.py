@@ -125,9 +125,10 @@ def check_plan(plan: SteeringPlan, n_layers: int, d_model: int) -> None:
 
 
 class _Direction:
-    """A unit direction, cached on each device/dtype it is used on."""
+    """A unit direction ``[d_model]`` (or an orthonormal basis ``[d_model, k]``), cached on each
+    device/dtype it is used on."""
 
-    def __init__(self, values: Sequence[float]) -> None:
+    def __init__(self, values: Any) -> None:
         import torch
 
         self.cpu = torch.tensor(np.asarray(values, dtype=np.float32))
@@ -146,9 +147,19 @@ def _replace_first(output: Any, fn: Any) -> Any:
     return fn(output)
 
 
-def _ablate(x: Any, v: _Direction) -> Any:
-    u = v.on(x)
-    return x - (x @ u).unsqueeze(-1) * u
+def _ablate(x: Any, basis: _Direction) -> Any:
+    """``x`` with its component in the span of ``basis`` (orthonormal ``[d_model, k]``) removed."""
+    q = basis.on(x)
+    return x - (x @ q) @ q.T
+
+
+def _orthonormal(vectors: Sequence[Sequence[float]]) -> np.ndarray:
+    """An orthonormal basis ``[d_model, k]`` of the span of ``vectors`` (several ablated directions
+    are removed together: projecting them out one after another leaves a part of the first when
+    they are not orthogonal)."""
+    q, r = np.linalg.qr(np.asarray(vectors, dtype=np.float64).T)
+    keep = np.abs(np.diag(r)) > 1e-8 * max(1.0, float(np.abs(np.diag(r)).max()))
+    return q[:, keep]
 
 
 def _submodule(block: Any, names: Sequence[str]) -> Any:
@@ -185,18 +196,21 @@ def steered(model: Any, plan: SteeringPlan) -> Iterator[None]:
             return hook
 
         for op in plan.ops:
-            direction = _Direction(op.vector)
-            if op.mode == "add":
-                amount = op.alpha * op.scale
-
-                def add(x: Any, d: _Direction = direction, amount: float = amount) -> Any:
-                    return x + amount * d.on(x)
-
-                handles.append(blocks[op.layer].register_forward_hook(post(add)))
+            if op.mode != "add":
                 continue
+            direction = _Direction(op.vector)
+            amount = op.alpha * op.scale
 
-            def ablate(x: Any, d: _Direction = direction) -> Any:
-                return _ablate(x, d)
+            def add(x: Any, d: _Direction = direction, amount: float = amount) -> Any:
+                return x + amount * d.on(x)
+
+            handles.append(blocks[op.layer].register_forward_hook(post(add)))
+        ablated = [op.vector for op in plan.ops if op.mode == "ablate"]
+        if ablated:
+            basis = _Direction(_orthonormal(ablated))
+
+            def ablate(x: Any) -> Any:
+                return _ablate(x, basis)
 
             handles.append(model.get_input_embeddings().register_forward_hook(post(ablate)))
             for block in blocks:

@@ -108,11 +108,16 @@ def run_sweep(
     card_layer = tv.best_layer("mean_diff")
     chosen = [card_layer] if spec == "best" else list(tv.layers) if spec == "all" else \
         [x + int(tv.card["n_layers"]) if x < 0 else x for x in spec]  # type: ignore[union-attr]
+    chosen = list(dict.fromkeys(chosen))
     for layer in chosen:
         tv.vector("mean_diff", layer)  # one-line error for a layer without a vector
     alphas = sorted({float(a) for a in alphas} | ({0.0} if mode == "add" else set()))
+    if mode == "add" and not any(alphas):
+        raise InspectEmError("steer-sweep needs a non-zero alpha to add (alpha 0, the unsteered reference, "
+                             "always runs)")
     if joint and mode != "add":
         raise InspectEmError("joint (multi-layer) steering applies to mode add")
+    joint = joint and len(chosen) > 1
     steered: list[int | str] = ["+".join(str(x) for x in chosen)] if joint else list(chosen)
     pairs = [(card_layer, 0.0)] + [(layer, a) for layer in steered for a in alphas if a != 0] if mode == "add" else \
         [(card_layer, 0.0), (card_layer, 1.0)]
@@ -143,10 +148,10 @@ def run_sweep(
         _plots(table, summary, tmp, tv.trait, gaps)
     if update_card:
         causal = dict(tv.card.get("causal") or {})
-        causal[mode] = summary
-        if mode == "add":
+        causal["add_joint" if joint else mode] = summary  # a joint sweep never replaces the one-layer calibration
+        if mode == "add" and not joint:
             causal.update({k: summary[k] for k in ("best_layer", "calibrated_alpha", "calibration_layer",
-                                                   "calibration") if k in summary})
+                                                   "projection_layer", "calibration") if k in summary})
         tv.card["causal"] = causal
         vector_store.save(tv, vectors)
     return SweepResult(table, summary, out, gaps)
@@ -232,7 +237,8 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     steered_layers = list(table.loc[table["alpha"] != 0, "layer"])
     layer = card_layer if card_layer in steered_layers else steered_layers[-1]
     at = table[table["layer"] == layer].sort_values("alpha")
-    summary["calibration_layer"] = _layer_value(layer)
+    summary["calibration_layer"] = _layer_value(layer)  # where it steered
+    summary["projection_layer"] = int(card_layer)  # where the shift on the curve was read
     # the instrument's curve at the calibration layer, coherent or not (coherence is in causal.csv)
     curve = pd.concat([base.assign(layer=layer), at[at["alpha"] != 0]])
     summary["calibration"] = [[round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),

@@ -104,7 +104,10 @@ class Trait:
                 raise InspectEmError(f"trait {self.name}: too few prompts ({len(items)}) to hold out {n_test}")
             return [items[i] for i in order[n_test:]], [items[i] for i in order[:n_test]]
 
-        (fit_pos, test_pos), (fit_neg, test_neg) = cut(pos), cut(neg)
+        (fit_pos, test_pos) = cut(pos)
+        # the same prompts on both sides (told apart by system prompt): one split, so no prompt is fitted
+        # on one side and tested on the other
+        (fit_neg, test_neg) = (fit_pos, test_pos) if neg == pos else cut(neg)
         return PromptSplit(fit_pos, fit_neg, test_pos, test_neg, **ood)
 
     def source_label(self) -> str | None:

@@ -27,6 +27,8 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_auc_score
 from sklearn.model_selection import StratifiedKFold
 
+from .errors import InspectEmError
+
 Fit = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (pos [n, d], neg [m, d]) -> unit vector [d]
 
 
@@ -148,8 +150,10 @@ def best_layers(metrics: pd.DataFrame) -> dict[str, int]:
     Without CV columns (``--cv-folds 0``) it ranks by the held-out test columns (biased: the layer
     is then chosen on the data it is reported on), or by older tables' ``heldout_*`` columns.
     """
-    d, a = next(pair for pair in (("cv_cohens_d", "cv_auroc"), ("test_cohens_d", "test_auroc"),
-                                  ("heldout_cohens_d", "heldout_auroc")) if pair[0] in metrics)
+    d, a = next((pair for pair in (("cv_cohens_d", "cv_auroc"), ("test_cohens_d", "test_auroc"),
+                                   ("heldout_cohens_d", "heldout_auroc")) if pair[0] in metrics), (None, None))
+    if d is None:
+        raise InspectEmError("metrics table has no cv_*, test_* or heldout_* Cohen's d column to choose layers by")
     ranked = metrics.assign(_d=metrics[d].fillna(-np.inf), _a=metrics[a].fillna(-np.inf))
     ranked = ranked.sort_values(["method", "_d", "_a"], ascending=[True, False, False])
     return {str(method): int(group.iloc[0]["layer"]) for method, group in ranked.groupby("method", sort=False)}

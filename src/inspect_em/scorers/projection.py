@@ -96,7 +96,9 @@ def card_summary(tv: Any) -> dict[str, Any]:
     summary = {"path": str(tv.path), "position": tv.card.get("position"), "best_layer": tv.card.get("best_layer"),
                "layer_choice": tv.card.get("layer_choice"), "config_hash": tv.card.get("config_hash")}
     if causal.get("calibration"):
-        summary["calibration"] = {"layer": causal.get("calibration_layer"), "points": causal["calibration"],
+        # the layer the curve's projection shifts were read at (older cards: the steered layer, the same)
+        layer = causal.get("projection_layer", causal.get("calibration_layer"))
+        summary["calibration"] = {"layer": layer, "points": causal["calibration"],
                                   "behaviour": (causal.get("add") or {}).get("behaviour")}
     return summary
 
