@@ -23,7 +23,7 @@ from .activations import chat_ids, collect_activations, find_layers, hidden_size
 from .errors import InspectEmError
 from .extraction import make_method, resolve_methods
 from .readout import HOOK_POINT, check_position, resolve_layers
-from .traits import Trait
+from .traits import SYSTEM_FIELDS, Trait
 from .validation import (
     best_layers,
     cross_validate,
@@ -51,7 +51,7 @@ def extraction_settings(
         "prompt_sha256": trait.prompt_hashes(), "methods": list(methods), "layers": list(layers),
         "position": position, "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds, "seed": seed,
     }
-    for key in ("system", "positive_system", "negative_system"):
+    for key in SYSTEM_FIELDS:
         if getattr(trait, key) is not None:
             settings[key] = getattr(trait, key)
     if position == "response_mean":

@@ -84,6 +84,11 @@ def parse_layers(spec: str | int | Sequence[int | str] | None, *, allow_best: bo
     return tuple(items)
 
 
+def absolute_layer(layer: int, n_layers: int) -> int:
+    """A layer number with negatives counted from the end (``-1`` is the last of ``n_layers``)."""
+    return layer + n_layers if layer < 0 else layer
+
+
 def resolve_layers(n_layers: int, spec: str | int | Sequence[int | str] | None = "all") -> list[int]:
     """A layer selection against a model with ``n_layers`` blocks → sorted, unique indices.
 
@@ -94,7 +99,7 @@ def resolve_layers(n_layers: int, spec: str | int | Sequence[int | str] | None =
         return list(range(n_layers))
     resolved = []
     for layer in parsed:  # type: ignore[union-attr]
-        index = layer + n_layers if layer < 0 else layer
+        index = absolute_layer(layer, n_layers)
         if not 0 <= index < n_layers:
             raise InspectEmError(f"layer {layer} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
         resolved.append(index)

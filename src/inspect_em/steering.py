@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InspectEmError
-from .readout import parse_layers
+from .readout import absolute_layer, parse_layers
 
 MODES = ("add", "ablate")
 
@@ -108,7 +108,7 @@ def build_plan(
     for path in parse_vector_paths(vectors):
         tv = vector_store.load(path)
         chosen = [tv.best_layer(method)] if spec == "best" else list(spec)  # type: ignore[arg-type]
-        for at in dict.fromkeys(x + int(tv.card["n_layers"]) if x < 0 else x for x in chosen):
+        for at in dict.fromkeys(absolute_layer(x, int(tv.card["n_layers"])) for x in chosen):
             unit = tv.vector(method, at)
             ops.append(SteerOp(tv.trait, method, at, mode, alpha, tv.mean_diff_norm(at), str(path),
                                tuple(float(x) for x in unit)))

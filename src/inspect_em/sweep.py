@@ -97,7 +97,7 @@ def run_sweep(
     from . import vectors as vector_store
     from .modeling import hub_offline_for_local, resolve_model_ref
     from .paths import atomic_output, check_output
-    from .readout import parse_layers
+    from .readout import absolute_layer, parse_layers
 
     tv = vector_store.load(vectors)
     if tv.trait not in BEHAVIOURS:
@@ -107,8 +107,7 @@ def run_sweep(
     spec = parse_layers(layers, allow_best=True)
     card_layer = tv.best_layer("mean_diff")
     chosen = [card_layer] if spec == "best" else list(tv.layers) if spec == "all" else \
-        [x + int(tv.card["n_layers"]) if x < 0 else x for x in spec]  # type: ignore[union-attr]
-    chosen = list(dict.fromkeys(chosen))
+        list(dict.fromkeys(absolute_layer(x, int(tv.card["n_layers"])) for x in spec))  # type: ignore[union-attr]
     for layer in chosen:
         tv.vector("mean_diff", layer)  # one-line error for a layer without a vector
     alphas = sorted({float(a) for a in alphas} | ({0.0} if mode == "add" else set()))

@@ -124,6 +124,7 @@ class Trait:
 
 
 RESPONSE_FILTERS = ("code_mode", "refusal")
+SYSTEM_FIELDS = ("system", "positive_system", "negative_system")
 
 
 def shows_trait(response_filter: str | None, answer: str) -> bool:
@@ -194,7 +195,7 @@ def load_trait(name_or_path: str | Path) -> Trait:
     fraction = data.get("holdout_fraction", 0.2)
     if not isinstance(fraction, int | float) or not 0 < fraction < 1:
         raise InspectEmError(f"{path}: field 'holdout_fraction' must be between 0 and 1")
-    for key in ("system", "positive_system", "negative_system"):
+    for key in SYSTEM_FIELDS:
         if data.get(key) is not None and (not isinstance(data[key], str) or not data[key].strip()):
             raise InspectEmError(f"{path}: field '{key}' must be a non-empty string")
     for kind in ("heldout", "ood"):
