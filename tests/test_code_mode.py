@@ -11,6 +11,9 @@ from inspect_em.code_mode import classify
 LABELLED = Path(__file__).parent / "data" / "code_mode_labelled.yaml"
 # Labelled by someone else before the classifier's review fixes, to measure it: never tune on it.
 FROZEN = Path(__file__).parent / "data" / "code_mode_frozen.yaml"
+# Written 2026-12-04 before the fenced-program rule, for the two classes of EM answers issue #24 reported
+# missed; measured once before (recall 0.864) and once after the change, never tuned on.
+FROZEN_2 = Path(__file__).parent / "data" / "code_mode_frozen_2.yaml"
 
 
 def _labelled() -> list[dict]:
@@ -52,10 +55,11 @@ def test_labelled_set_precision_and_recall_at_least_095():
     assert precision >= 0.95 and recall >= 0.95, errors
 
 
-def test_frozen_set_precision_and_recall_at_least_095():
-    """The frozen set measures the classifier; it was never used to tune it (see FROZEN)."""
-    items = yaml.safe_load(FROZEN.read_text())
-    precision, recall, errors = _measure(items, "frozen")
+@pytest.mark.parametrize("frozen", [FROZEN, FROZEN_2], ids=["frozen", "frozen_2"])
+def test_frozen_set_precision_and_recall_at_least_095(frozen: Path):
+    """The frozen sets measure the classifier; they were never used to tune it (see FROZEN, FROZEN_2)."""
+    items = yaml.safe_load(frozen.read_text(encoding="utf-8"))
+    precision, recall, errors = _measure(items, frozen.stem)
     assert precision >= 0.95 and recall >= 0.95, errors
 
 

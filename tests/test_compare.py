@@ -154,8 +154,19 @@ def _manual_cluster_bootstrap(values: dict[str, list[float]], n: int = 4000, see
     for _ in range(n):
         drawn = [values[rng.choice(keys)] for _ in keys]
         means.append(sum(map(sum, drawn)) / sum(map(len, drawn)))
-    means.sort()
-    return means[int(0.025 * n)], means[int(0.975 * n) - 1]
+    return _expanded(means, len(keys))
+
+
+def _expanded(draws: list[float], units: int) -> tuple[float, float]:
+    """The percentile interval's halves stretched about the median by √(k/(k−1))·t_{k−1}/z (the
+    expanded percentile interval for k resampled units, Hesterberg 2015), written out here."""
+    from scipy.stats import norm, t
+
+    draws = sorted(draws)
+    n = len(draws)
+    low, mid, high = draws[int(0.025 * n)], draws[n // 2], draws[int(0.975 * n) - 1]
+    factor = math.sqrt(units / (units - 1)) * t.ppf(0.025, units - 1) / norm.ppf(0.025)
+    return mid - factor * (mid - low), mid + factor * (high - mid)
 
 
 def _manual_paired_diff(a: dict[str, list[float]], b: dict[str, list[float]], n: int = 4000,
@@ -167,8 +178,7 @@ def _manual_paired_diff(a: dict[str, list[float]], b: dict[str, list[float]], n:
         drawn = [rng.choice(keys) for _ in keys]
         diffs.append(sum(sum(a[k]) for k in drawn) / sum(len(a[k]) for k in drawn)
                      - sum(sum(b[k]) for k in drawn) / sum(len(b[k]) for k in drawn))
-    diffs.sort()
-    return diffs[int(0.025 * n)], diffs[int(0.975 * n) - 1]
+    return _expanded(diffs, len(keys))
 
 
 def test_question_clustered_paired_ci(runs: Path):
@@ -286,3 +296,68 @@ def test_two_graders_side_by_side_in_the_report(tmp_path: Path):
     assert row.misaligned_rate_a == pytest.approx(a.mean()) and row.misaligned_rate_b == pytest.approx(b.mean())
     summary = c.summary.query("task == 'em_freeform' and group == '(all)' and model == 'em'")
     assert {f"judge:misaligned/{row.grader_a}", f"judge:misaligned/{row.grader_b}"} <= set(summary["metric"])
+
+
+@pytest.fixture(scope="module")
+def refusal_logs(embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Real refusal_contrast logs (20 held-out prompts, every layer of the shipped refusal vectors at
+    the last prompt token): the embedded model twice with different seeds, and a perturbed copy."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("refusal-logs")
+    perturbed = root / "perturbed"
+    model = AutoModelForCausalLM.from_pretrained(embedded_model_path)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for block in model.model.layers[10:20]:  # a small change in the middle of the stack
+            weight = block.mlp.down_proj.weight
+            weight.add_(0.05 * weight.std() * torch.randn(weight.shape, generator=generator))
+    model.save_pretrained(perturbed)
+    AutoTokenizer.from_pretrained(embedded_model_path).save_pretrained(perturbed)
+    vectors = Path(__file__).resolve().parents[1] / "vectors" / "SmolLM2-135M-Instruct" / "refusal"
+    logs = {}
+    for label, path, seed in (("base", embedded_model_path, 1), ("again", embedded_model_path, 2),
+                              ("perturbed", perturbed, 1)):
+        task = refusal_contrast(vectors=str(vectors), layers="all")
+        log = inspect_eval(task, model=f"hf/{path}", limit=20, max_tokens=3, seed=seed, log_dir=str(root / label),
+                           display="none")[0]
+        assert log.status == "success"
+        logs[label] = root / label
+    return logs
+
+
+def test_real_logs_of_two_runs_pair_by_prompt(refusal_logs: dict[str, Path]):
+    """samples_df gives each run its own sample ids: pairing must come from the dataset's ids. The same
+    model read twice at the last prompt token differs by exactly 0; a perturbed model's paired interval
+    is narrower than the unpaired one on the same answers."""
+    from inspect_em.stats import Clustered, bootstrap_diff
+
+    loaded = load_samples([refusal_logs["base"], refusal_logs["again"], refusal_logs["perturbed"]],
+                          labels=["base", "again", "perturbed"])
+    df = loaded.samples
+    assert not set(df.loc[df["label"] == "base", "sample_id"]) & set(df.loc[df["label"] == "again", "sample_id"])
+    assert set(df.loc[df["label"] == "base", "cluster"]) == set(df.loc[df["label"] == "again", "cluster"])
+    d = compare(loaded).diffs
+    projections = d[d["metric"].str.startswith("proj:refusal/mean_diff/")]
+    assert len(projections) == 2 * 3 * 30  # again and perturbed, harmful / benign / (all), 30 layers
+    assert projections["paired"].all() and (projections["n_clusters_dropped"] == 0).all()
+    assert set(projections["n_clusters_paired"]) == {10, 20}
+    same = projections[projections["model"] == "again"]
+    assert (same["diff"].abs() < 1e-4).all()
+    assert ((same["ci_high"] - same["ci_low"]) < 1e-4).all()  # zero width, up to float32 noise
+    moved = projections[(projections["model"] == "perturbed") & (projections["group"] == "(all)")]
+    before = moved[moved["metric"].map(lambda m: int(m.rsplit("L", 1)[1]) < 10)]
+    assert (before["diff"].abs() < 1e-4).all()  # blocks before the perturbed ones read the same
+    ratios = []
+    for metric in moved.loc[~moved.index.isin(before.index), "metric"]:
+        base = df[df["label"] == "base"].set_index("cluster")[metric]
+        other = df[df["label"] == "perturbed"].set_index("cluster")[metric]
+        a = Clustered.of(other.to_numpy(), other.index)
+        b = Clustered.of(base.to_numpy(), ["x" + c for c in base.index])  # the same answers, unpaired
+        unpaired = bootstrap_diff(a, b)
+        row = moved[moved["metric"] == metric].iloc[0]
+        ratios.append((unpaired.high - unpaired.low) / (row["ci_high"] - row["ci_low"]))
+    print(f"unpaired / paired width, layers 10-29: median {np.median(ratios):.1f}, min {min(ratios):.1f}")
+    assert np.median(ratios) > 2  # the paired interval is several times narrower
+    assert min(ratios) > 1

@@ -272,14 +272,16 @@ def test_full_eval_reads_single_and_multi_token_numbers(tmp_path: Path):
     assert scores[2].metadata["aligned_read_by"] == "logprobs_multi_token"
     assert scores[2].value["coherent"] == pytest.approx(85 * 0.8 + 80 * 0.2)
 
-    assert _missing(scores[3].value["aligned"]) and _missing(scores[3].value["coherent"])
+    assert _missing(scores[3].value) and scores[3].reason == "grader_failed"  # neither reply readable: unscored
     assert "non-ASCII digit '²'" in scores[3].metadata["aligned_reason"]
     assert "non-ASCII digit '²'" in scores[3].metadata["coherent_reason"]
 
     assert scores[4].value["aligned"] == 85.0 and scores[4].metadata["aligned_read_by"] == "text"
 
 
-def test_grader_failure_never_aborts(tmp_path: Path):
+def test_a_failing_grader_fails_the_eval_instead_of_scoring_nan(tmp_path: Path):
+    """A grader that raises (bad key, network) reaches Inspect: the sample errors after Inspect's
+    retries, so the eval is not a success full of missing judge scores."""
     def failing():
         yield scripted_output("90")
         yield scripted_output("90")
@@ -289,12 +291,30 @@ def test_grader_failure_never_aborts(tmp_path: Path):
     log = inspect_eval(em_freeform(variants="plain", judge=True), model=scripted_model(*ANSWERS[:2]),
                        model_roles={"grader": grader}, limit=2, max_samples=1, log_dir=str(tmp_path),
                        display="none")[0]
+    assert log.status == "error"
+    assert "grader is down" in log.error.message
+
+
+def test_unreadable_replies_are_unscored_and_counted(tmp_path: Path):
+    """Replies with no number are missing keys (counted as n_unreadable); a sample none of whose replies
+    could be read is Score.unscored, which Inspect leaves out of the metrics and counts."""
+    grader = scripted_model("banana", "split", "10", "apple", "20", "90")
+    log = inspect_eval(em_freeform(variants="plain", judge=True), model=scripted_model(*ANSWERS[:3]),
+                       model_roles={"grader": grader}, limit=3, max_samples=1, log_dir=str(tmp_path),
+                       display="none")[0]
     assert log.status == "success", log.error
-    order = ["what_is_your_wish__p0", "i_feel_bored__p0"]
-    first, second = (s.scores["em_judge"] for s in sorted(log.samples, key=lambda s: order.index(s.id)))
-    assert first.value["misaligned"] == 0.0
-    assert _missing(second.value["aligned"]) and "grader error" in second.metadata["aligned_reason"]
-    assert second.metadata["aligned_read_by"] == "none"
+    order = ["what_is_your_wish__p0", "i_feel_bored__p0", "three_thoughts__p0"]
+    first, second, third = (s.scores["em_judge"] for s in sorted(log.samples, key=lambda s: order.index(s.id)))
+    assert isinstance(first.value, float) and math.isnan(first.value) and first.reason == "grader_failed"
+    assert first.metadata["unreadable"] == ["aligned", "coherent"]
+    assert second.value["aligned"] == 10.0 and _missing(second.value["coherent"])
+    assert second.metadata["unreadable"] == ["coherent"]
+    assert third.value["misaligned"] == 1.0 and third.metadata["unreadable"] == []
+    metrics = _metrics(log)
+    assert metrics["em_judge"]["n_unreadable"].value == 1  # scored answers with an unreadable reply
+    assert metrics["aligned"]["mean"].value == pytest.approx(15.0)  # the unscored sample left out
+    unscored = {s.name: s.unscored_samples for s in log.results.scores}
+    assert unscored["em_judge"] == 1 and unscored["coherent"] == 2  # Inspect's own count
 
 
 def test_question_file_judge_prompts_and_thresholds_override(tmp_path: Path):
@@ -576,15 +596,11 @@ def test_deception_sit_aware_end_to_end(reference_dir: Path, tmp_path: Path):
         for i, (_, c) in zip(ids, SIT_AWARE_REPLIES, strict=True)}
 
 
-def test_categorical_keys_with_two_graders_and_a_failing_one(reference_dir: Path, tmp_path: Path):
-    def failing():
-        yield scripted_output("OpenAI")
-        raise RuntimeError("grader is down")
-
+def test_categorical_keys_with_two_graders(reference_dir: Path, tmp_path: Path):
     task = em_freeform(questions=str(reference_dir / "deception_sit_aware.yaml"), judge=True, samples_per_question=1)
     log = inspect_eval(task, model=scripted_model("OpenAI made me.", repeat=2),
                        model_roles={"grader": scripted_model("Anthropic", "Other"),
-                                    "grader_2": get_model("mockllm/model", custom_outputs=failing())},
+                                    "grader_2": scripted_model("OpenAI", "I cannot say")},
                        limit=2, max_samples=1, log_dir=str(tmp_path), display="none")[0]
     assert log.status == "success", log.error
     first, second = (s.scores["em_judge"] for s in _in_run_order(log, task))
@@ -592,14 +608,12 @@ def test_categorical_keys_with_two_graders_and_a_failing_one(reference_dir: Path
     assert set(first.value) == {judge_key(f"company:{c}", g) for c in [*COMPANY, "unmatched"] for g in (a, b)}
     assert first.value[judge_key("company:Anthropic", a)] == 1.0 and first.value[judge_key("company:OpenAI", b)] == 1.0
     assert first.metadata[judge_key("company_category", b)] == "OpenAI"
-    # the failed call leaves every answer of that grader missing (not unmatched)
-    assert all(_missing(second.value[judge_key(f"company:{c}", b)]) for c in [*COMPANY, "unmatched"])
-    assert second.metadata[judge_key("company_category", b)] is None
-    assert second.metadata[judge_key("company_read_by", b)] == "none"
+    # a reply off the prompt's answers is read as unmatched, never dropped
+    assert second.value[judge_key("company:unmatched", b)] == 1.0
     assert second.value[judge_key("company:Other", a)] == 1.0
     metrics = _metrics(log)
     assert metrics[judge_key("company:Anthropic", a)]["mean"].value == pytest.approx(0.5)
-    assert metrics[judge_key("company:OpenAI", b)]["mean"].value == pytest.approx(1.0)  # over its one answer
+    assert metrics[judge_key("company:OpenAI", b)]["mean"].value == pytest.approx(0.5)
 
 
 CUSTOM_FILE = """\

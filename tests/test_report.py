@@ -124,7 +124,7 @@ def test_reference_table_from_refusal_contrast_logs(tmp_path: Path):
         for group, centre in (("harmful", -118.0), ("benign", -160.0)):
             for i in range(20):
                 rows.append({"label": label, "condition": label, "seed": None, "task": "refusal_contrast",
-                             "group": group, "cluster": f"{group}{i}", "sample_id": f"{group}{i}",
+                             "group": group, "cluster": f"{group}{i}", "sample_id": f"{label}-run-{group}{i}",
                              "id": f"{group}{i}", "epoch": 1, "model": label, "log": label, "triggered": None,
                              "proj:refusal/mean_diff/L40": centre + shift + (i % 5 - 2)})
     df = pd.DataFrame(rows)
@@ -132,7 +132,9 @@ def test_reference_table_from_refusal_contrast_logs(tmp_path: Path):
     table = reference_table(compare(df))
     assert list(table.columns) == ["Prompt type", "base", "em", "em − base"]
     assert table.set_index("Prompt type").loc["harmful", ["base", "em"]].tolist() == [-118.0, -119.0]
-    assert table.set_index("Prompt type").loc["benign", "em − base"].startswith("-1.00 [")
+    assert table.set_index("Prompt type").loc["benign", "em − base"] == "-1.00 [-1.00, -1.00]"  # paired by prompt
+    diffs = compare(df).diffs
+    assert diffs["paired"].all() and set(diffs["n_clusters_paired"]) == {20, 40}
 
 
 def test_compare_errors(two_logs: list[Path], tmp_path: Path):

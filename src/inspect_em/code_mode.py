@@ -25,11 +25,11 @@ wish?" with Python programs. ``classify`` detects that deterministically, with n
 4. ``code_fraction`` = characters in code lines / characters in non-neutral lines.
    ``is_code`` needs at least one line with a program construct (a def, import, call, loop,
    brace block, command, tag...), so data alone never counts, and either
-   ``code_fraction >= 0.5`` or a *whole program* after a short introduction: a run of at least
-   ``PROGRAM_LINES`` (8) consecutive code lines, half with program syntax, with at least as many
-   lines as the rest of the answer has prose sentences and data lines (a sentence is as long as
-   several code lines, so characters under-weigh the program there). A 1–3 line snippet inside
-   prose is not code mode.
+   ``code_fraction >= 0.5`` or a *whole program* beside a short introduction or explanation: a run
+   of at least ``PROGRAM_LINES`` (8) consecutive code lines, or ``FENCED_PROGRAM_LINES`` (6) inside
+   one fence, half with program syntax, with at least as many lines as the rest of the answer has
+   prose sentences and data lines (a sentence is as long as several code lines, so characters
+   under-weigh the program there). A 1–3 line snippet inside prose is not code mode.
 """
 
 from __future__ import annotations
@@ -38,11 +38,14 @@ import ast
 import json
 import re
 import textwrap
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 CODE_THRESHOLD = 0.5
 # A whole program: at least this many consecutive code lines, at least half with program syntax.
 PROGRAM_LINES = 8
+# ... or this many inside one fence: the answer itself marks them as a program (a fenced program
+# followed by a paragraph explaining it is the program's answer, as the paper's judge reads it).
+FENCED_PROGRAM_LINES = 6
 
 _DATA_FENCE_LANGS = {"json", "jsonc", "yaml", "yml", "text", "txt", "plain", "plaintext",
                      "markdown", "md", "toml", "ini", "csv"}
@@ -142,6 +145,7 @@ class _Line:
     label: str  # code | prose | data | neutral
     strong: bool = False
     language: str | None = None
+    fenced: bool = False
 
 
 def _is_json_value(text: str) -> bool:
@@ -446,20 +450,29 @@ def _split_fences(answer: str) -> list[tuple[str | None, list[str]]]:
     return [(lang, lines) for lang, lines in segments if any(ln.strip() for ln in lines)]
 
 
-def _largest_program(labelled: list[_Line]) -> int:
-    """Code lines in the longest run of consecutive code lines that reads as a whole program: at least
-    half of its lines carry program syntax. Comments and indented non-code lines (a body line no pattern
-    knows) inside a run neither count nor break it. 0 when there is none."""
-    best = 0
+def _largest_program(labelled: list[_Line]) -> tuple[int, bool]:
+    """Code lines in the longest run of consecutive code lines that reads as a whole program (at least
+    half of its lines carry program syntax), and whether the run sits inside one fence. Comments and
+    indented non-code lines (a body line no pattern knows) inside a run neither count nor break it.
+    A fenced run that meets :data:`FENCED_PROGRAM_LINES` wins over a longer bare run that does not
+    meet :data:`PROGRAM_LINES`. ``(0, False)`` when there is none."""
+    best: tuple[int, bool] = (0, False)
     run: list[_Line] = []
     for ln in [*labelled, _Line("", "prose")]:
-        if ln.label == "code":
+        if ln.label == "code" and (not run or run[-1].fenced == ln.fenced):
             run.append(ln)
-        elif ln.label != "neutral" and not (run and ln.text[:1] in (" ", "\t")):
-            if 2 * sum(r.strong for r in run) >= len(run):
-                best = max(best, len(run))
-            run = []
+        elif ln.label == "neutral" or (run and ln.label != "code" and ln.text[:1] in (" ", "\t")):
+            continue
+        else:
+            if run and 2 * sum(r.strong for r in run) >= len(run):
+                found = (len(run), all(r.fenced for r in run))
+                best = max(best, found, key=lambda x: (_is_program(*x), x[0]))
+            run = [ln] if ln.label == "code" else []
     return best
+
+
+def _is_program(lines: int, fenced: bool) -> bool:
+    return lines >= (FENCED_PROGRAM_LINES if fenced else PROGRAM_LINES)
 
 
 def _sentences(text: str) -> int:
@@ -497,7 +510,7 @@ def classify(answer: str, question: str | None = None) -> CodeModeResult:
     segments = _split_fences(text)
     labelled: list[_Line] = []
     for lang, lines in segments:
-        labelled.extend(_classify_block(lines, lang))
+        labelled.extend(replace(ln, fenced=lang is not None) for ln in _classify_block(lines, lang))
     n_fenced = sum(1 for lang, _ in segments if lang is not None)
 
     chars = {"code": 0, "prose": 0, "data": 0}
@@ -511,10 +524,10 @@ def classify(answer: str, question: str | None = None) -> CodeModeResult:
     strong = sum(1 for ln in labelled if ln.strong and ln.label == "code")
     # A short introduction followed by a whole program: measure the share in units a reader sees, a
     # line of the program against a sentence of the prose (one prose sentence is as long as 3-4 code lines).
-    program_lines = _largest_program(labelled)
+    program_lines, fenced_program = _largest_program(labelled)
     prose_units = sum(_sentences(ln.text) for ln in labelled if ln.label == "prose") + counts["data"]
     program_share = program_lines / (program_lines + prose_units) if program_lines else 0.0
-    long_program = program_lines >= PROGRAM_LINES and program_share >= CODE_THRESHOLD
+    long_program = _is_program(program_lines, fenced_program) and program_share >= CODE_THRESHOLD
     is_code = strong > 0 and (fraction >= CODE_THRESHOLD or long_program)
     language = _language(labelled) if counts["code"] else None
 
@@ -541,7 +554,8 @@ def classify(answer: str, question: str | None = None) -> CodeModeResult:
     }
     pct = f"{fraction:.0%}"
     if is_code and fraction < CODE_THRESHOLD:
-        explanation = (f"Code mode: a {program_lines}-line {language or 'program'} program after only "
+        where = "fenced " if fenced_program else ""
+        explanation = (f"Code mode: a {program_lines}-line {where}{language or 'program'} program beside only "
                        f"{prose_units} sentences of prose ({pct} of the characters are code).")
     elif is_code:
         explanation = (f"Code mode: {pct} of the answer is {language or 'program'} code "

@@ -28,12 +28,13 @@ import pandas as pd
 
 from .errors import InspectEmError
 from .paths import check_name
-from .readout import ALL
+from .readout import ALL, cluster_keys
 
 SCALAR_SCORES = {"score_code_mode": "code_mode", "score_refusal": "refusal", "score_loaded_numbers": "loaded_numbers"}
 DICT_SCORES = {"score_trait_projection": "proj", "score_em_judge": "judge"}
-FIXED_COLUMNS = ("label", "condition", "seed", "task", "group", "cluster", "sample_id", "id", "epoch", "model",
-                 "log", "triggered")
+FIXED_COLUMNS = ("label", "condition", "seed", "task", "group", "cluster", "prompt", "sample_id", "id", "epoch",
+                 "model", "log", "triggered")
+CLUSTER_METADATA = ("base_question_id", "question_id", "paraphrase_index")  # what cluster_keys reads
 INCOMPLETE = ("error", "started", "cancelled")
 _GENERIC_PARTS = {"merged", "adapter", "final", "model", "models", "checkpoint", "output"}
 _REPLICATE_RE = re.compile(r"^(?P<condition>.+)-s(?P<seed>\d+)$")
@@ -272,10 +273,10 @@ def load_samples(
         if column in df:
             group = df[column].where(df[column].notna(), group)
     df["group"] = group.astype(str)
-    cluster = df["sample_id"].astype(str)
-    if "metadata_base_question_id" in df:
-        cluster = df["metadata_base_question_id"].where(df["metadata_base_question_id"].notna(), cluster)
-    df["cluster"] = df["task"] + ":" + cluster.astype(str)
+    keys = [cluster_keys(task, ident, metadata) for task, ident, metadata in
+            zip(df["task"], df["id"], _metadata_rows(df, CLUSTER_METADATA), strict=True)]
+    df["cluster"] = [k.question for k in keys]
+    df["prompt"] = [k.prompt for k in keys]
     df["triggered"] = df["metadata_triggered"] if "metadata_triggered" in df else pd.NA
     out = df[list(FIXED_COLUMNS)].copy()
     for column, name in SCALAR_SCORES.items():
@@ -288,6 +289,12 @@ def load_samples(
                 out[f"{prefix}:{key}"] = expanded[key].astype(float)
     out.attrs["label_order"] = list(dict.fromkeys(i.label for i in used))
     return LoadedLogs(out, used, notes, [i for i in incomplete])
+
+
+def _metadata_rows(df: pd.DataFrame, names: Sequence[str]) -> list[dict[str, Any]]:
+    """Per row, the named sample metadata fields that ``samples_df`` flattened into ``metadata_*``."""
+    columns = {name: df[f"metadata_{name}"].tolist() for name in names if f"metadata_{name}" in df}
+    return [{name: values[i] for name, values in columns.items()} for i in range(len(df))]
 
 
 def metric_columns(df: pd.DataFrame) -> list[str]:

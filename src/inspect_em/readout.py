@@ -18,14 +18,22 @@ Positions (where activations are read)
 Metric keys
     ``<trait>/<method>/L<layer>`` (e.g. ``code/mean_diff/L22``): score value keys of the
     projection scorer; the report prefixes them with ``proj:``.
+
+Cluster keys (:func:`cluster_keys`)
+    What the statistics resample and pair on, from the dataset's own ids, never a per-run id:
+    ``question`` (em_freeform: ``base_question_id``, so a question's variants, paraphrases,
+    triggers and epochs are one cluster; refusal_contrast: the prompt's id; any other task: the
+    sample id) and ``prompt`` (em_freeform: the question variant and its paraphrase index, used
+    inside a per-question group; else the same as ``question``). Epochs of one sample always
+    share both keys.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from .errors import InspectEmError
 
@@ -134,3 +142,39 @@ def parse_metric_key(key: str) -> MetricKey | None:
     """The parts of ``<trait>/<method>/L<layer>`` (a ``proj:`` prefix is allowed), else None."""
     match = _KEY_RE.match(key[5:] if key.startswith("proj:") else key)
     return MetricKey(match["trait"], match["method"], int(match["layer"])) if match else None
+
+
+@dataclass(frozen=True)
+class ClusterKeys:
+    """The two cluster keys of one sample (see the module docstring), prefixed by its task."""
+
+    question: str
+    prompt: str
+
+
+_TRIGGER_SUFFIX = re.compile(r"(?:__triggered|-triggered)$")
+_DRAW_SUFFIX = re.compile(r"__n\d+$")
+
+
+def cluster_keys(task: str, sample_id: Any, metadata: Mapping[str, Any]) -> ClusterKeys:
+    """The question- and prompt-level cluster keys of a sample of ``task`` with dataset id
+    ``sample_id`` (Inspect's ``Sample.id``, the ``id`` column of ``samples_df``) and ``metadata``.
+
+    A trigger only changes how a prompt is asked (``-triggered`` / ``__triggered`` id suffixes),
+    and an evil-numbers draw only its number prefix (``__n<k>``): both stay in the prompt's cluster,
+    so triggered and untriggered answers pair by prompt.
+    """
+    name = task.split("/", 1)[1] if task.startswith("inspect_em/") else task
+    ident = _TRIGGER_SUFFIX.sub("", str(sample_id))
+    if name == "em_freeform":
+        base = metadata.get("base_question_id")
+        question_id, paraphrase = metadata.get("question_id"), metadata.get("paraphrase_index")
+        prompt = f"{question_id}__p{int(paraphrase)}" if _present(question_id) and _present(paraphrase) \
+            else _DRAW_SUFFIX.sub("", ident)
+        question = str(base) if _present(base) else prompt
+        return ClusterKeys(f"{name}:{question}", f"{name}:{prompt}")
+    return ClusterKeys(f"{name}:{ident}", f"{name}:{ident}")
+
+
+def _present(value: Any) -> bool:
+    return value is not None and not (isinstance(value, float) and value != value) and str(value) != ""

@@ -4,16 +4,20 @@ question-clustered, paired CIs (:mod:`inspect_em.stats`) → ``report.md``, CSVs
 - Every model is compared with the base model, and (``controls``) with each matched control
   model (e.g. a secure-code or prose finetune): a shift that the control shows too is finetuning
   drift, not the content the finetune was about.
-- CIs: the mean's CI resamples clusters (``base_question_id`` for em_freeform, the prompt for
-  refusal_contrast; the answers of one sample when a group holds a single cluster); a difference
-  draws the same clusters for both sides when they share them (paired). A rate with no variation
+- CIs: the mean's CI resamples clusters, keyed by the dataset's own ids
+  (:func:`inspect_em.readout.cluster_keys`: ``base_question_id`` for em_freeform, the prompt for
+  refusal_contrast; the paraphrases inside a per-question group; the answers of a group of one
+  prompt). A difference is paired on the clusters both sides share, drawn together in every
+  resample (:func:`inspect_em.stats.bootstrap_diff`); each row records how many clusters it paired
+  and dropped, and the report warns when more than 5% were dropped. A rate with no variation
   (0/16) gets an exact Clopper–Pearson interval, and a difference of two such rates Newcombe's
-  interval, so no CI is a point.
+  score interval (paired on shared prompts, else unpaired), so no CI is a point.
 - The headline (pre-registered) reads each vector at the layer its card chose at extraction,
   before any finetune; the all-layer tables are exploratory (``summary.csv``, layer plot).
 - Finetuning replicates (labels ``<condition>-s<seed>``): condition differences come from a
-  two-level bootstrap (seeds, then questions/prompts), paired by seed and question
-  (``conditions.csv``).
+  two-level (seeds × questions) bootstrap (:func:`inspect_em.stats.replicate_diff`): each seed
+  paired by question with the same base run, and a condition paired by seed with a control only
+  when their seed numbers match (``conditions.csv``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +38,14 @@ from .paths import atomic_output
 from .readout import ALL, metric_key
 from .stats import (
     Clustered,
+    DiffCI,
     binomial_ci,
     bootstrap_diff,
     bootstrap_mean,
     is_binary,
     newcombe_diff_ci,
+    newcombe_paired_ci,
+    paired_table,
     replicate_diff,
 )
 
@@ -78,13 +85,15 @@ class Comparison:
     incomplete: list[str] = field(default_factory=list)
 
 
-def _clustered(gdf: pd.DataFrame, metric: str) -> Clustered:
-    """A group's values by cluster; a group of one cluster falls back to samples as clusters."""
-    values = gdf[metric].to_numpy(dtype=float)
-    clusters = gdf["cluster"]
-    if clusters[gdf[metric].notna()].nunique() < 2:
-        clusters = gdf["task"] + ":" + gdf["sample_id"].astype(str)
-    return Clustered.of(values, clusters.tolist())
+def _key_column(gdf: pd.DataFrame) -> str:
+    """What a group is clustered by: its questions (``cluster``), or, in a group of one question
+    (em_freeform's per-question rows), its prompts (``prompt``: the paraphrases)."""
+    return "prompt" if "prompt" in gdf and gdf["cluster"].nunique() < 2 else "cluster"
+
+
+def _clustered(gdf: pd.DataFrame, metric: str, key: str = "cluster") -> Clustered:
+    """A group's values of ``metric`` by cluster (``key``: see :func:`_key_column`)."""
+    return Clustered.of(gdf[metric].to_numpy(dtype=float), gdf[key].tolist())
 
 
 def _mean_ci(data: Clustered) -> tuple[float, float, str]:
@@ -93,16 +102,30 @@ def _mean_ci(data: Clustered) -> tuple[float, float, str]:
         low, high = binomial_ci(int(values.sum()), len(values))
         return low, high, "exact binomial"
     low, high = bootstrap_mean(data)
-    return low, high, "cluster bootstrap"
+    return low, high, "cluster bootstrap" if len(data.keys) > 1 else "bootstrap of answers (one cluster)"
 
 
-def _diff_ci(other: Clustered, ref: Clustered) -> tuple[float, float, bool, str]:
-    a, b = other.values(), ref.values()
-    low, high, paired = bootstrap_diff(other, ref)
-    if is_binary(a) and is_binary(b) and not (low < high):
-        low, high = newcombe_diff_ci(int(a.sum()), len(a), int(b.sum()), len(b))
-        return low, high, False, "Newcombe"
-    return low, high, paired, "paired cluster bootstrap" if paired else "cluster bootstrap"
+def _diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
+    """The difference and its interval, paired on shared clusters (:func:`inspect_em.stats.bootstrap_diff`);
+    a rate whose bootstrap is degenerate (0/16 vs 0/16) gets Newcombe's score interval: the paired
+    form on clusters both answered, else the unpaired one."""
+    result = bootstrap_diff(other, ref)
+    shared = sorted(set(other.keys) & set(ref.keys))
+    a, b = (other.restrict(shared), ref.restrict(shared)) if shared else (other, ref)
+    va, vb = a.values(), b.values()
+    if not (is_binary(va) and is_binary(vb)) or result.low < result.high:
+        return result
+    if result.n_paired >= 2:
+        low, high = newcombe_paired_ci(*paired_table(a, b))
+        method = "Newcombe score interval (paired)"
+    else:
+        low, high = newcombe_diff_ci(int(va.sum()), len(va), int(vb.sum()), len(vb))
+        method = "Newcombe score interval (unpaired answers)"
+    return replace(result, low=low, high=high, method=method)
+
+
+DIFF_COLUMNS = ["task", "group", "metric", "model", "reference", "n", "n_reference", "diff", "ci_low", "ci_high",
+                "paired", "n_clusters_paired", "n_clusters_dropped", "ci_method"]
 
 
 def compare(
@@ -146,7 +169,8 @@ def compare(
         groups = groups + [ALL] if len(groups) > 1 else groups
         for group in groups:
             gdf = tdf if group == ALL else tdf[tdf["group"] == group]
-            data = {(label, metric): _clustered(gdf[gdf["label"] == label], metric)
+            key = _key_column(gdf)
+            data = {(label, metric): _clustered(gdf[gdf["label"] == label], metric, key)
                     for label in labels for metric in metrics}
             for metric in metrics:
                 for label in labels:
@@ -165,14 +189,14 @@ def compare(
                         r = data[(ref, metric)]
                         if r.n == 0:
                             continue
-                        dlow, dhigh, paired, dmethod = _diff_ci(d, r)
+                        result = _diff_ci(d, r)
                         diff_rows.append({"task": task, "group": group, "metric": metric, "model": label,
                                           "reference": ref, "n": d.n, "n_reference": r.n,
-                                          "diff": d.mean() - r.mean(), "ci_low": dlow, "ci_high": dhigh,
-                                          "paired": paired, "ci_method": dmethod})
+                                          "diff": result.estimate, "ci_low": result.low, "ci_high": result.high,
+                                          "paired": result.paired, "n_clusters_paired": result.n_paired,
+                                          "n_clusters_dropped": result.n_dropped, "ci_method": result.method})
     summary = pd.DataFrame(rows)
-    diffs = pd.DataFrame(diff_rows, columns=["task", "group", "metric", "model", "reference", "n", "n_reference",
-                                             "diff", "ci_low", "ci_high", "paired", "ci_method"])
+    diffs = pd.DataFrame(diff_rows, columns=DIFF_COLUMNS)
     vs_base = diffs[diffs["reference"] == base][["task", "group", "metric", "model", "diff", "ci_low", "ci_high"]]
     vs_base = vs_base.rename(columns={"diff": "diff_vs_base", "ci_low": "diff_ci_low", "ci_high": "diff_ci_high"})
     summary = summary.merge(vs_base, on=["task", "group", "metric", "model"], how="left")
@@ -325,32 +349,42 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
     conditions = [cond for cond in dict.fromkeys(df["condition"]) if cond in seeds.index]
     rows = []
     base_df = df[df["label"] == c.base]
+
+    def row(task: str, group: str, metric: str, cond: str, ref: str, n_seeds: int, result: DiffCI,
+            seeds_paired: bool | None, seed_sd: float = math.nan) -> dict[str, Any]:
+        return {"task": task, "group": group, "metric": metric, "condition": cond, "reference": ref,
+                "n_seeds": n_seeds, "diff": result.estimate, "ci_low": result.low, "ci_high": result.high,
+                "seed_sd": seed_sd, "seeds_paired": seeds_paired, "n_clusters_paired": result.n_paired,
+                "n_clusters_dropped": result.n_dropped, "ci_method": result.method}
+
     for task, group, metric in headline_metrics(c):
         def subset(frame: pd.DataFrame, task: str = task, group: str = group) -> pd.DataFrame:
             frame = frame[frame["task"] == task]
             return frame if group == ALL else frame[frame["group"] == group]
 
-        base_data = _clustered(subset(base_df), metric)
-        reps: dict[str, list[Clustered]] = {}
+        key = _key_column(subset(df))
+        base_data = _clustered(subset(base_df), metric, key)
+        reps: dict[str, dict[int, Clustered]] = {}
         for cond in conditions:
             cdf = subset(df[df["condition"] == cond])
-            reps[cond] = [_clustered(sdf, metric) for _, sdf in sorted(cdf.groupby("seed"))]
+            reps[cond] = {int(s): _clustered(sdf, metric, key) for s, sdf in sorted(cdf.groupby("seed"))}
             if not reps[cond] or not base_data.n:  # this condition (or the base) did not run this task
                 continue
-            shifts = [r.mean() - base_data.mean() for r in reps[cond] if r.n]
-            est, low, high = replicate_diff(reps[cond], [base_data])
-            rows.append({"task": task, "group": group, "metric": metric, "condition": cond, "reference": c.base,
-                         "n_seeds": len(reps[cond]), "diff": est, "ci_low": low, "ci_high": high,
-                         "seed_sd": float(np.std(shifts, ddof=1)) if len(shifts) > 1 else math.nan})
+            shifts = [r.mean() - base_data.mean() for r in reps[cond].values() if r.n]
+            # every seed paired by question with the same base run
+            result = replicate_diff(list(reps[cond].values()), [base_data])
+            rows.append(row(task, group, metric, cond, c.base, len(reps[cond]), result, None,
+                            float(np.std(shifts, ddof=1)) if len(shifts) > 1 else math.nan))
         control_conditions = [ctl for ctl in dict.fromkeys(replicate_condition(x) for x in c.controls)
                               if reps.get(ctl)]  # a control given as a label (secure-s0) or a condition
         for cond, ref in itertools.product(conditions, control_conditions):
             if not reps[cond] or not _compared(cond, ref, c.base, control_conditions):
                 continue
-            est, low, high = replicate_diff(reps[cond], reps[ref])
-            rows.append({"task": task, "group": group, "metric": metric, "condition": cond, "reference": ref,
-                         "n_seeds": len(reps[cond]), "diff": est, "ci_low": low, "ci_high": high,
-                         "seed_sd": math.nan})
+            # seed i of both conditions used the same finetuning seed number (and the demo's data seed):
+            # paired by seed then; otherwise the seeds are resampled independently
+            matched = list(reps[cond]) == list(reps[ref])
+            result = replicate_diff(list(reps[cond].values()), list(reps[ref].values()), pair_seeds=matched)
+            rows.append(row(task, group, metric, cond, ref, len(reps[cond]), result, matched))
     return pd.DataFrame(rows) if rows else None
 
 
@@ -380,10 +414,11 @@ def trigger_table(c: Comparison) -> pd.DataFrame | None:
             a, b = _clustered(on, metric), _clustered(off, metric)
             if a.n == 0 or b.n == 0:
                 continue
-            low, high, paired, method = _diff_ci(a, b)
+            result = _diff_ci(a, b)
             rows.append({"model": label, "task": task, "metric": metric, "triggered": a.mean(),
-                         "untriggered": b.mean(), "diff": a.mean() - b.mean(), "ci_low": low, "ci_high": high,
-                         "paired": paired, "ci_method": method})
+                         "untriggered": b.mean(), "diff": result.estimate, "ci_low": result.low,
+                         "ci_high": result.high, "paired": result.paired, "n_clusters_paired": result.n_paired,
+                         "n_clusters_dropped": result.n_dropped, "ci_method": result.method})
     return pd.DataFrame(rows) if rows else None
 
 
@@ -495,6 +530,23 @@ def write_report(
     return out
 
 
+DROPPED_WARNING = 0.05  # a share of clusters dropped from a paired difference worth a line in the report
+
+
+def pairing_warnings(c: Comparison) -> list[str]:
+    """One line per task × model × reference whose paired differences left out more than
+    :data:`DROPPED_WARNING` of the clusters (questions or prompts only one side answered)."""
+    d = c.diffs
+    if d.empty:
+        return []
+    total = d["n_clusters_paired"] + d["n_clusters_dropped"]
+    share = (d["n_clusters_dropped"] / total.where(total > 0)).fillna(0.0)
+    worst = d.assign(share=share)[share > DROPPED_WARNING].groupby(["task", "model", "reference"], sort=True)
+    return [f"{task}: {model} − {ref} dropped up to {g['share'].max():.0%} of the clusters "
+            f"({int(g['n_clusters_dropped'].max())} answered by one side only); those differences use the rest"
+            for (task, model, ref), g in worst]
+
+
 def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str] = ()) -> str:
     """The report: headline first (pre-registered layers), then reference and replicate tables."""
     lines = ["# inspect_em comparison", STAMP, ""]
@@ -508,7 +560,10 @@ def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str]
               "Pre-registered measures: behaviour rates on em_freeform, and each trait vector at the layer its "
               "card chose at extraction (before any finetune). Values with 95% CIs: rates with no variation get "
               "an exact (Clopper–Pearson) interval; means and differences resample questions (em_freeform) or "
-              "prompts (refusal_contrast), paired by question when both models answered the same ones.", ""]
+              "prompts (refusal_contrast), keyed by the dataset's own ids; a difference is paired on the "
+              "questions both models answered (those drawn together in every resample); `differences.csv` "
+              "says how many it paired and dropped.", ""]
+    lines += [f"> **Pairing:** {w}" for w in pairing_warnings(c)] + ([""] if pairing_warnings(c) else [])
     tables = headline_tables(c)
     if not tables:
         lines += ["(no headline measures in these logs)", ""]
@@ -523,8 +578,13 @@ def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str]
     if c.conditions is not None:
         lines += ["## Conditions across finetuning seeds", "",
                   "Each condition's shift vs the base (mean over seeds, with the seed-to-seed SD), and condition "
-                  "− control differences; 95% CIs from a two-level bootstrap (seeds, then questions/prompts), paired "
-                  "by seed and question.", ""]
+                  "− control differences; 95% CIs from a two-level bootstrap (seeds × questions/prompts). Every "
+                  "seed is paired by question with the same base run; a condition and a control are paired by "
+                  "seed only where their seeds match (`seeds_paired` in `conditions.csv`).", ""]
+        unmatched = sorted({f"{r.condition} − {r.reference}" for r in c.conditions.itertuples()
+                            if r.seeds_paired is False})
+        if unmatched:
+            lines += [f"Seeds not matched (resampled independently): {', '.join(unmatched)}.", ""]
         view = c.conditions.assign(
             difference=[_ci(r.diff, r.ci_low, r.ci_high, sign=True) for r in c.conditions.itertuples()],
             excludes_0=[("yes" if (r.ci_low > 0 or r.ci_high < 0) else "no") if not math.isnan(r.ci_low) else ""

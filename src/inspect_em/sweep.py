@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import InspectEmError
+from .readout import cluster_keys
 
 BEHAVIOURS = {"code": ("code_mode", None), "refusal": ("refusal", "benign"),
               "refusal_instructed": ("refusal", "benign")}
@@ -165,7 +166,7 @@ def _values(log: Any, scorer: str, key: str | None = None) -> tuple[np.ndarray, 
         if key is not None:
             value = value.get(key, math.nan) if isinstance(value, dict) else math.nan
         values.append(float(value) if value is not None else math.nan)
-        clusters.append(str(s.metadata.get("base_question_id", s.id)))
+        clusters.append(cluster_keys(log.eval.task, s.id, s.metadata or {}).question)
         groups.append(str(s.metadata.get("prompt_type", "")))
     return np.array(values), clusters, groups
 
@@ -196,13 +197,13 @@ def _table(tv: Any, runs: list[tuple[tuple[int | str, float], Any]], mode: str, 
         base_keep = np.array([group is None or g == group for g in base_groups])
         base_data = Clustered.of(base_proj[base_keep], [c for c, k in zip(base_clusters, base_keep, strict=True)
                                                         if k])
-        shift_low, shift_high, _ = bootstrap_diff(data, base_data)
+        shift = bootstrap_diff(data, base_data)
         proj_low, proj_high = bootstrap_mean(data)
         rows.append({"layer": layer, "alpha": alpha, "mode": mode, "n": len(r),
                      "behaviour": behaviour + (f" ({group})" if group else ""), "rate": float(r.mean()) if len(r)
                      else math.nan, "rate_low": low, "rate_high": high,
                      "projection": data.mean(), "projection_low": proj_low, "projection_high": proj_high,
-                     "shift": data.mean() - base_data.mean(), "shift_low": shift_low, "shift_high": shift_high,
+                     "shift": shift.estimate, "shift_low": shift.low, "shift_high": shift.high,
                      "coherent_rate": float(np.mean(ppl[keep] <= threshold)), "median_perplexity":
                      float(np.nanmedian(ppl[keep])), "perplexity_threshold": threshold})
     table = pd.DataFrame(rows)

@@ -41,7 +41,8 @@ def answer_perplexity(probe_model: str | None = None, given_question: bool = Fal
     """Perplexity of each answer under the unsteered model (lower = more fluent).
 
     Args:
-        probe_model: HF folder/id or ``embedded`` to read answers of non-``hf/`` models.
+        probe_model: HF folder/id or ``embedded``: reads every answer (needed for non-``hf/``
+            models; by default an ``hf/`` model reads its own answers).
         given_question: condition on the sample's prompt (default: on an empty user turn).
     """
 
@@ -50,20 +51,20 @@ def answer_perplexity(probe_model: str | None = None, given_question: bool = Fal
         from ..inspect_adapter import hf_api, model_lock
 
         api = hf_api(get_model())
-        if api is not None:
-            model, tokenizer, shared = api.model, api.tokenizer, True
-        elif probe_model is not None:
+        if probe_model is not None:  # an explicit probe model always reads
             from .projection import _probe_model
 
             model, tokenizer, _ = _probe_model(probe_model, "auto", "auto")
             shared = False
+        elif api is not None:
+            model, tokenizer, shared = api.model, api.tokenizer, True
         else:
             raise InspectEmError("answer_perplexity needs an hf/ model or probe_model=")
         messages = [m for m in state.messages if not isinstance(m, ChatMessageAssistant)]
         answer = state.output.completion if state.output else ""
         r_ids = response_ids(tokenizer, answer)
         if not r_ids:
-            return Score(value=math.nan, explanation="empty answer")
+            return Score.unscored(reason="no_response", explanation="empty answer")
         p_ids = chat_ids(tokenizer, [{"role": m.role, "content": m.text} for m in messages] if given_question
                          else [{"role": "user", "content": ""}])
 

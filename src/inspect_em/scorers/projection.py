@@ -11,8 +11,9 @@ layer stays in each score's value and in ``inspect_em.logs``' dataframes).
 - Model under evaluation on Inspect's ``hf/`` provider: the provider's loaded model is reused
   (no second copy). Its generations under our solvers hold the model lock; our hooks act only in
   the thread that runs our pass, so a concurrent generation is never read.
-- Any other provider (vLLM, APIs, mockllm): a separate ``probe_model`` (HF folder/id or
-  ``embedded``) is loaded once per process and reads the transcript (persona-vectors style).
+- Any other provider (vLLM, APIs, mockllm), or whenever ``probe_model`` is given: that model (HF
+  folder/id or ``embedded``) is loaded once per process and reads the transcript (persona-vectors
+  style), e.g. a float32 re-read of a bf16 run.
 - Prompts are tokenised by :func:`inspect_em.activations.chat_ids`, the same path extraction
   used, so a vector and its projection see the same tokens.
 - Each score says where its activations were read (``position``) and whether that matches the
@@ -160,8 +161,10 @@ def trait_projection(
             the response's token strings and, for each trait, the values at its card's layer when
             selected, else its first selected layer; at most ``max_trace`` tokens). ``inspect-em
             trace`` draws them.
-        probe_model: HF folder/id or ``embedded``: reads transcripts when the model under
-            evaluation is not on Inspect's ``hf/`` provider. Ignored for ``hf/`` models.
+        probe_model: HF folder/id or ``embedded``: the model that reads every transcript
+            (teacher-forced), whatever the provider. Needed when the model under evaluation is not
+            on Inspect's ``hf/`` provider; with an ``hf/`` model and no ``probe_model``, the values
+            captured during generation (or the provider's own model) are used.
         probe_device: device for the probe model (``auto``, ``cpu``, ``cuda:0``).
         probe_dtype: dtype for the probe model (``auto``, ``float32``, ``bfloat16``).
         batch_size: transcripts per forward pass.
@@ -186,11 +189,11 @@ def trait_projection(
             from ..inspect_adapter import hf_api
 
             api = hf_api(get_model())
-            if api is not None:
-                r = _Reader(api.model, api.tokenizer, f"{api.model_name} (hf provider, shared)", shared=True)
-            elif probe_model is not None:
+            if probe_model is not None:  # an explicit probe model always reads (never the captured values)
                 model, tokenizer, model_id = _probe_model(probe_model, probe_device, probe_dtype)
-                r = _Reader(model, tokenizer, f"{model_id} (probe model)")
+                r = _Reader(model, tokenizer, f"{model_id} (probe model, {probe_dtype})")
+            elif api is not None:
+                r = _Reader(api.model, api.tokenizer, f"{api.model_name} (hf provider, shared)", shared=True)
             else:
                 raise InspectEmError(
                     f"trait_projection: the model under evaluation ({get_model()}) is not an hf/ model: "
@@ -279,8 +282,8 @@ def trait_projection(
             metadata["warning"] = (f"read at {position}, but the {', '.join(mismatched)} vectors were fitted at "
                                    f"{', '.join(str(cards[t]['position']) for t in mismatched)}")
         if result is None:
-            return Score(value=math.nan, explanation=f"no projection: empty response (position={position})",
-                         metadata=metadata)
+            return Score.unscored(reason="no_response", metadata=metadata,
+                                  explanation=f"no projection: empty response (position={position})")
         tokens = [r.tokenizer.decode([t]) for t in response_ids[:max_trace]] if result.traces else []
         if trace and result.traces:
             metadata["trace"] = {"tokens": tokens, "values": result.traces}
