@@ -220,12 +220,14 @@ def collect_activations(
     padding_side: str = "right",
     progress: bool = True,
     desc: str = "activations",
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Residual-stream activations at one position, for every prompt and selected layer.
 
     Returns:
-        float32 tensor ``[n_prompts, n_layers_selected, d_model]`` on the CPU, rows in the order
-        of ``prompts``.
+        float32 tensor ``[n_prompts, n_layers_selected, d_model]`` on ``device`` (the CPU by
+        default; extraction keeps them on the model's input device, where they are fitted), rows
+        in the order of ``prompts``.
     """
     if not prompts:
         raise InspectEmError("no prompts given")
@@ -239,7 +241,7 @@ def collect_activations(
     prompt_ids = [chat_ids(tokenizer, p, system) for p in prompts]
     resp_ids = [response_ids(tokenizer, r) for r in responses] if responses is not None else None
     d_model = hidden_size(model)
-    out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32)
+    out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32, device=device)
     batch: dict[str, torch.Tensor] = {}
 
     def reducer(slot: int) -> Callable[[torch.Tensor], None]:
@@ -247,7 +249,7 @@ def collect_activations(
             # float64 accumulation: residual streams carry values in the hundreds, where float32
             # sums drift by ~1e-4; the result is stored as float32.
             w = batch["weights"].to(resid.device, torch.float64)
-            batch["out"][:, slot] = torch.einsum("bsd,bs->bd", resid.double(), w).float().cpu()
+            batch["out"][:, slot] = torch.einsum("bsd,bs->bd", resid.double(), w).float().to(batch["out"].device)
 
         return fn
 
@@ -255,7 +257,7 @@ def collect_activations(
         for idx, enc in hooked_batches(model, prompt_ids, resp_ids, position, pad_token_id(tokenizer),
                                        batch_size, padding_side, progress, desc):
             batch["weights"] = enc.weights
-            batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32)
+            batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32, device=device)
             decoder_forward(model, enc, stop_after=selected[-1])
             out[idx] = batch["out"]
     return out

@@ -55,7 +55,8 @@ def model_path() -> None:
               help="Random directions per layer (the second null).")
 @click.option("--cv-folds", type=click.IntRange(min=0), default=5, show_default=True,
               help="Folds of the fit split used to choose each method's layer (0: held-out d, biased).")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Layers fitted in parallel.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, hidden=True,
+              help="No effect: every layer is fitted at once by the batched engine (kept so old commands run).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--device-map", default=None, help="accelerate device map: auto, balanced, sequential or JSON.")
 @click.option("--offload-folder", type=click.Path(path_type=Path), default=None, help="For 'disk' in a device map.")
@@ -102,7 +103,7 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
                                                load_in_8bit=load_in_8bit)
     tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=method_names, layers=selected,
                                position=position, batch_size=batch_size, null_k=null_k, random_k=random_k,
-                               cv_folds=cv_folds, jobs=jobs)
+                               cv_folds=cv_folds)
     folder = save(tv, out, force=force, inputs=inputs)
     table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} at {position} "
                         f"(layer chosen by CV on the fit split)")

@@ -9,30 +9,22 @@ the layer is chosen), ``test_*`` (held-out, same style), ``ood_*`` (held-out, ot
 from __future__ import annotations
 
 import datetime as dt
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.exceptions import ConvergenceWarning
+import torch
 from tqdm.auto import tqdm
 
 from . import __version__
 from .activations import chat_ids, collect_activations, find_layers, hidden_size, input_device, pad_token_id
 from .errors import InspectEmError
-from .extraction import make_method, resolve_methods
+from .extraction import resolve_methods
+from .fitting import ICA_NULL, FitSettings, fit_layers
 from .readout import HOOK_POINT, check_position, resolve_layers
 from .traits import SYSTEM_FIELDS, Trait
-from .validation import (
-    best_layers,
-    cross_validate,
-    fit_threshold,
-    null_summary,
-    permutation_null,
-    random_null,
-    split_scores,
-)
+from .validation import best_layers
 from .vectors import FORMAT_VERSION, TraitVectors, config_hash
 
 LAYER_CHOICE = "highest mean 5-fold cross-validated Cohen's d on the fit split (ties: CV AUROC)"
@@ -129,48 +121,6 @@ def _by_system(trait: Trait, groups: dict[str, list[str]], run: Any) -> list[Any
     return [x for n in groups for x in out[n]]
 
 
-def _layer_rows(
-    layer: int, slot: int, acts: dict[str, np.ndarray], methods: Sequence[str], *, null_k: int, random_k: int,
-    cv_folds: int, seed: int,
-) -> tuple[list[dict[str, Any]], dict[str, np.ndarray]]:
-    """Fit, cross-validate, test and null every method at one layer."""
-    split = {k: v[:, slot].astype(np.float64) for k, v in acts.items()}
-    fit_pos, fit_neg = split["fit_pos"], split["fit_neg"]
-    rows, vectors = [], {}
-    mean_diff_norm = float(np.linalg.norm(fit_pos.mean(0) - fit_neg.mean(0)))
-    random_auroc, random_d = random_null(fit_pos, fit_neg, split["test_pos"], split["test_neg"], k=random_k,
-                                         seed=seed + layer) if random_k else (np.array([]), np.array([]))
-    for name in methods:
-        def fit(p: np.ndarray, n: np.ndarray, name: str = name) -> np.ndarray:
-            """A refit on a fold or a shuffle: no direction at all scores as chance (zeros)."""
-            try:
-                return make_method(name).extract(p, n).vector.astype(np.float64)
-            except InspectEmError:
-                return np.zeros(p.shape[1])
-
-        try:
-            v = make_method(name).extract(fit_pos, fit_neg).vector.astype(np.float64)
-        except InspectEmError as e:
-            raise InspectEmError(f"{name} at layer {layer}: {e}") from None
-        vectors[name] = v.astype(np.float32)
-        threshold = fit_threshold(v, fit_pos, fit_neg)
-        row: dict[str, Any] = {"method": name, "layer": layer}
-        row.update(cross_validate(fit, fit_pos, fit_neg, folds=cv_folds, seed=seed) if cv_folds else {})
-        row.update(split_scores(v, fit_pos, fit_neg, threshold, "fit"))
-        row.update(split_scores(v, split["test_pos"], split["test_neg"], threshold, "test"))
-        if "ood_pos" in split:
-            row.update(split_scores(v, split["ood_pos"], split["ood_neg"], threshold, "ood"))
-        perm_auroc, perm_d = permutation_null(fit, fit_pos, fit_neg, split["test_pos"], split["test_neg"], k=null_k,
-                                              seed=seed + 1000 * layer) if null_k else (np.array([]), np.array([]))
-        row.update(null_summary(row["test_auroc"], perm_auroc, "null_perm"))
-        row.update(null_summary(row["test_cohens_d"], perm_d, "null_perm_d"))
-        row.update(null_summary(row["test_auroc"], random_auroc, "null_random"))
-        row.update(null_summary(row["test_cohens_d"], random_d, "null_random_d"))
-        row.update({"threshold": threshold, "mean_diff_norm": mean_diff_norm})
-        rows.append(row)
-    return rows, vectors
-
-
 def extract_trait_vectors(
     model: Any,
     tokenizer: Any,
@@ -185,18 +135,19 @@ def extract_trait_vectors(
     random_k: int = 1000,
     cv_folds: int = 5,
     seed: int = 0,
-    jobs: int = 1,
     progress: bool = True,
 ) -> TraitVectors:
     """Fit every method at every selected layer on the trait's fit split, choose each method's
     layer by cross-validation on the fit split, and test on the held-out and OOD splits.
 
-    One batched forward pass per prompt batch captures all selected layers at once. With
+    One batched forward pass per prompt batch captures all selected layers at once, kept on the
+    model's input device; the fitting engine (:mod:`inspect_em.fitting`) then fits and validates
+    every method at all layers there as batched tensor operations. With
     ``position="response_mean"`` the model first answers every prompt (greedy,
     ``trait.response_max_tokens``) and the vectors are fitted on the mean over its answers'
     tokens (persona-vector style); the answers are kept in ``card["responses"]``.
     """
-    from joblib import Parallel, delayed
+    from threadpoolctl import threadpool_limits
 
     method_names = resolve_methods(methods)
     n_layers = len(find_layers(model))
@@ -214,27 +165,18 @@ def extract_trait_vectors(
             groups, responses, filtered = _filter_answers(trait, groups, responses)
     bounds = np.cumsum([0] + [len(g) for g in groups.values()])
     answers_of = {name: responses[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)} if responses else {}
-    acts = np.stack(_by_system(trait, groups, lambda names, system: collect_activations(
+    device = input_device(model)
+    acts = torch.stack(_by_system(trait, groups, lambda names, system: collect_activations(
         model, tokenizer, [p for n in names for p in groups[n]], layers=selected,
         position=position,  # type: ignore[arg-type]
         responses=[a for n in names for a in answers_of[n]] if responses else None, system=system,
-        batch_size=batch_size, progress=progress, desc=f"{trait.name} activations").numpy()))
+        batch_size=batch_size, progress=progress, desc=f"{trait.name} activations", device=device).unbind(0)))
     split = {name: acts[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)}
-
-    work = [delayed(_layer_rows)(layer, slot, split, method_names, null_k=null_k, random_k=random_k,
-                                 cv_folds=cv_folds, seed=seed) for slot, layer in enumerate(selected)]
-    with warnings.catch_warnings():  # FastICA convergence notes (ICA picks by separation anyway), all threads
-        warnings.filterwarnings("ignore", category=ConvergenceWarning)
-        results = Parallel(n_jobs=jobs, prefer="threads")(
-            tqdm(work, desc=f"{trait.name} methods × layers", disable=not progress, leave=False))
-    d_model = hidden_size(model)
-    vectors = {m: np.zeros((len(selected), d_model), dtype=np.float32) for m in method_names}
-    rows = []
-    for slot, (layer_rows, layer_vectors) in enumerate(results):
-        rows += layer_rows
-        for m, v in layer_vectors.items():
-            vectors[m][slot] = v
-    metrics = pd.DataFrame(rows)
+    fit_settings = FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed)
+    with threadpool_limits(limits=torch.get_num_threads()), \
+            tqdm(total=len(selected), desc=f"{trait.name} methods × layers", disable=not progress, leave=False) as bar:
+        fitted = fit_layers(split, selected, method_names, fit_settings, progress=bar.update)
+    metrics, vectors, d_model = fitted.metrics, fitted.vectors, hidden_size(model)
     if not np.isfinite(metrics["test_auroc"]).all():
         raise InspectEmError(f"trait {trait.name}: non-finite validation metrics")
     best = best_layers(metrics)
@@ -267,7 +209,12 @@ def extract_trait_vectors(
         "n_fit": [len(groups["fit_pos"]), len(groups["fit_neg"])],
         "n_test": [len(groups["test_pos"]), len(groups["test_neg"])],
         "n_ood": [len(groups.get("ood_pos", [])), len(groups.get("ood_neg", []))],
-        "nulls": {"permutation_k": null_k, "random_directions": random_k, "seed": seed},
+        "nulls": {"permutation_k": null_k, "random_directions": random_k, "seed": seed,
+                  "permutation": "each method refitted on the fit split with shuffled labels (seeded per layer), "
+                                 "scored on the real test labels",
+                  "random": "random directions drawn once per run (shared by layers and methods), each signed by "
+                            "the fit split's mean difference, scored on the test split",
+                  "ica_permutation": ICA_NULL},
         "prompt_sha256": trait.prompt_hashes(),
         "trait_source": trait.source_label(),
         "system": trait.system,
