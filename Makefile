@@ -21,7 +21,7 @@ MODEL_NAME := SmolLM2-135M-Instruct
 # Reference material beside the checkout, used by tests that skip cleanly without it.
 export INSPECT_EM_REFERENCE ?= $(abspath $(wildcard ../shared/em-reference))
 
-.PHONY: setup model demo em-demo test test-floor lint clean
+.PHONY: setup model demo em-demo test test-floor lint clean gpu-check
 
 setup: $(VENV)/.installed
 
@@ -73,3 +73,10 @@ clean:
 em-demo: model
 	$(BIN)/inspect-em demo --out runs/em-demo --n $(N) --seeds $(SEEDS) --sets $(SETS) $(if $(ORGANISMS),--organisms $(ORGANISMS),) \
 		--steer-vectors vectors/$(MODEL_NAME)/code.last_prompt_token --steer-layer 12,14,16,18 --steer-alpha 0.4
+
+# The GPU path at a real model's size, random weights, no downloads (benchmarks/gpu_check.py): capture vs
+# forward, extraction, eval overhead, bf16/float32 agreement, steering, LoRA steps, peak memory. The JSON goes
+# to results/gpu-check/. On a machine without the package's dependencies: benchmarks/gpu_bundle.py, gpu_run.sh.
+GPU_CHECK_ARGS ?= --shape 7b --device cuda --budget 480
+gpu-check: model
+	$(BIN)/python benchmarks/gpu_check.py $(GPU_CHECK_ARGS)
