@@ -242,24 +242,38 @@ def collect_activations(
     resp_ids = [response_ids(tokenizer, r) for r in responses] if responses is not None else None
     d_model = hidden_size(model)
     out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32, device=device)
-    batch: dict[str, torch.Tensor] = {}
+    batch: dict[str, Any] = {}
+    first = input_device(model)
+
+    def on(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """This batch's position weights (float64) and last-token positions on ``device``, copied once
+        per batch and device (a copy inside every hook would stall the GPU's queue each layer)."""
+        if device not in batch["on"]:
+            batch["on"][device] = (batch["weights"].to(device, torch.float64, non_blocking=True),
+                                   batch["positions"].to(device, non_blocking=True))
+        return batch["on"][device]
 
     def reducer(slot: int) -> Callable[[torch.Tensor], None]:
         def fn(resid: torch.Tensor) -> None:
-            # float64 accumulation: residual streams carry values in the hundreds, where float32
-            # sums drift by ~1e-4; the result is stored as float32.
-            w = batch["weights"].to(resid.device, torch.float64)
-            batch["out"][:, slot] = torch.einsum("bsd,bs->bd", resid.double(), w).float().to(batch["out"].device)
+            weights, positions = on(resid.device)
+            if position == "last_prompt_token":  # one token: read it, exactly
+                reduced = resid[torch.arange(resid.shape[0], device=resid.device), positions].float()
+            else:  # float64 accumulation: residual streams carry values in the hundreds, where float32
+                # sums drift by ~1e-4; the result is stored as float32
+                reduced = torch.einsum("bsd,bs->bd", resid.double(), weights).float()
+            batch["out"][:, slot] = reduced.to(batch["out"].device)
 
         return fn
 
     with hooks(model, {layer: reducer(slot) for slot, layer in enumerate(selected)}):
         for idx, enc in hooked_batches(model, prompt_ids, resp_ids, position, pad_token_id(tokenizer),
                                        batch_size, padding_side, progress, desc):
-            batch["weights"] = enc.weights
+            batch["weights"], batch["on"] = enc.weights, {}
+            batch["positions"] = enc.weights.argmax(dim=1)  # last_prompt_token: the one weighted position
+            on(first)
             batch["out"] = torch.empty((len(idx), len(selected), d_model), dtype=torch.float32, device=device)
             decoder_forward(model, enc, stop_after=selected[-1])
-            out[idx] = batch["out"]
+            out[torch.tensor(idx, device=out.device)] = batch["out"]
     return out
 
 

@@ -81,7 +81,9 @@ class _Capture:
             matrix = self.matrices[layer]
             if matrix.device != resid.device:
                 matrix = self.matrices[layer] = matrix.to(resid.device)
-            self.steps[-1][layer] = (resid.double() @ matrix.T).cpu()  # [batch, seq, k_layer]
+            # [batch, seq, k_layer], kept on the layer's device: a copy to the CPU here would stall the
+            # generation at every layer of every step; finish() moves each layer's steps once
+            self.steps[-1][layer] = resid.double() @ matrix.T
 
         return fn
 
@@ -92,15 +94,17 @@ class _Capture:
         spec = self.spec
         k = len(spec.keys)
 
-        def step(i: int) -> Any:  # [batch, seq, k] in the spec's key order
-            out = torch.empty((*self.steps[i][self.first].shape[:2], k), dtype=torch.float64)
-            for layer, idx in self.by_layer.items():
-                out[:, :, idx] = self.steps[i][layer]
+        def gather(steps: range) -> Any:  # [batch, seq, k] in the spec's key order, on the CPU
+            rows = self.steps[steps.start][self.first].shape[0]
+            seq = sum(self.steps[i][self.first].shape[1] for i in steps)
+            out = torch.empty((rows, seq, k), dtype=torch.float64)
+            for layer, idx in self.by_layer.items():  # one copy per layer
+                out[:, :, idx] = torch.cat([self.steps[i][layer] for i in steps], dim=1).cpu()
             return out
 
-        prompt = step(0)
+        prompt = gather(range(0, 1))
         generated = sequences[:, input_ids.shape[1]:].cpu()
-        fed = torch.cat([step(i) for i in range(1, len(self.steps))], dim=1) if len(self.steps) > 1 else \
+        fed = gather(range(1, len(self.steps))) if len(self.steps) > 1 else \
             torch.zeros((prompt.shape[0], 0, k), dtype=torch.float64)
         mask = attention_mask.cpu().double()
         trace_idx = [spec.keys.index(key) for key in spec.trace_keys] if spec.trace else []
