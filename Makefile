@@ -46,8 +46,14 @@ demo: model
 	@echo "log: $$(ls -t logs/*.eval | head -1)"
 	@echo "view it: $(BIN)/inspect view --log-dir logs"
 
+# ruff; the layers (import-linter: a lower layer importing a higher one fails); mypy on src/; the by-path
+# shims and the README's parameter tables generated from the package (tools/); inspect_evals' conventions.
 lint: setup
-	$(BIN)/ruff check src tasks scorers solvers tests benchmarks examples
+	$(BIN)/ruff check src tasks scorers solvers tests benchmarks examples tools
+	$(BIN)/lint-imports
+	$(BIN)/mypy
+	$(BIN)/python tools/shims.py --check
+	$(BIN)/python tools/readme.py --check
 	$(BIN)/inspect-evals-lint --root . --preset single-eval --all
 
 test: model lint

@@ -45,7 +45,8 @@ def _sync(device: torch.device) -> None:
 
 def bare_forward(model, tokenizer, prompts: list[str], batch_size: int) -> None:
     """The causal LM's plain forward over the prompts, batched as extraction batches them."""
-    from inspect_em.activations import chat_ids, encode_batch, input_device, pad_token_id
+    from inspect_em.model.activations import chat_ids, encode_batch, pad_token_id
+    from inspect_em.model.hooks import input_device
 
     ids = sorted((chat_ids(tokenizer, p) for p in prompts), key=len)
     device = input_device(model)
@@ -59,7 +60,8 @@ def bare_forward(model, tokenizer, prompts: list[str], batch_size: int) -> None:
 
 def persona_vectors_way(model, tokenizer, prompts: list[str]) -> None:
     """One prompt at a time with ``output_hidden_states``, the last prompt token of every layer."""
-    from inspect_em.activations import chat_ids, input_device
+    from inspect_em.model.activations import chat_ids
+    from inspect_em.model.hooks import input_device
 
     device = input_device(model)
     with torch.inference_mode():
@@ -84,7 +86,7 @@ def peak_rss_gib() -> float:
 
 
 def time_fit_only(shape: str, device: str, repeats: int) -> None:
-    from inspect_em.fitting import METHOD_NAMES, FitSettings, fit_layers
+    from inspect_em.directions.engine import METHOD_NAMES, FitSettings, fit_layers
 
     spec = SHAPES[shape]
     layers, d = spec["num_hidden_layers"], spec["hidden_size"]
@@ -130,10 +132,10 @@ def main(model_ref: str, trait: str, random_shape: str | None, fit_only: bool, s
         time_fit_only(shape, "cuda" if device == "auto" and torch.cuda.is_available() else
                  ("cpu" if device == "auto" else device), repeats)
         return
-    from inspect_em.activations import collect_activations
-    from inspect_em.modeling import load_hf_model
-    from inspect_em.pipeline import extract_trait_vectors
-    from inspect_em.traits import load_trait
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.model.activations import collect_activations
+    from inspect_em.model.loading import load_hf_model
+    from inspect_em.runs.extract import extract_trait_vectors
 
     model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype)
     if random_shape:

@@ -72,7 +72,7 @@ def main() -> None:
         path = BUNDLE / "stubs" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")
-    from inspect_em import embedded
+    from inspect_em.model import embedded
 
     folder = embedded.prepare()
     tokenizer = BUNDLE / "tokenizer"

@@ -141,7 +141,7 @@ def _timed(fn: Callable[[], Any], device: Any, repeats: int = 3) -> float:
 
 
 def _prompts(n: int) -> list[str]:
-    from inspect_em.traits import load_trait
+    from inspect_em.directions.traits import load_trait
 
     groups = load_trait("refusal").split().groups()
     return [p for group in groups.values() for p in group][:n]
@@ -150,7 +150,7 @@ def _prompts(n: int) -> list[str]:
 def stage_capture(model: Any, tokenizer: Any, device: Any, n: int, batch_size: int) -> dict[str, Any]:
     from extract import bare_forward, persona_vectors_way
 
-    from inspect_em.activations import collect_activations
+    from inspect_em.model.activations import collect_activations
 
     prompts = _prompts(n)
     bare_forward(model, tokenizer, prompts[:batch_size], batch_size)  # warm-up
@@ -166,9 +166,9 @@ def stage_capture(model: Any, tokenizer: Any, device: Any, n: int, batch_size: i
 def stage_extraction(model: Any, tokenizer: Any, device: Any, batch_size: int, vectors_out: Path) -> dict[str, Any]:
     from extract import bare_forward
 
-    from inspect_em import vectors as vector_store
-    from inspect_em.pipeline import extract_trait_vectors
-    from inspect_em.traits import load_trait
+    from inspect_em.directions import store as vector_store
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.runs.extract import extract_trait_vectors
 
     trait = load_trait("refusal")
     prompts = [p for group in trait.split().groups().values() for p in group]
@@ -185,7 +185,7 @@ def stage_extraction(model: Any, tokenizer: Any, device: Any, batch_size: int, v
     return {"prompts": len(prompts), "forward_s": round(forward, 3), "extraction_s": round(seconds, 2),
             "extraction_over_forward": round(seconds / forward, 2), "layers": len(tv.layers),
             "methods": tv.methods, "mean_diff_layer": best,
-            "settings": {k: tv.card["settings"][k] for k in ("null_k", "random_k", "cv_folds")}}
+            "settings": {k: tv.card.settings[k] for k in ("null_k", "random_k", "cv_folds")}}
 
 
 def _eval(task: Any, model: Any, log_dir: Path, **kwargs: Any) -> Any:
@@ -227,7 +227,7 @@ def stage_agreement(folder: Path, vectors: Path, model: Any, logs: Path, device:
     import numpy as np
     from inspect_ai import score as inspect_score
 
-    from inspect_em import vectors as vector_store
+    from inspect_em.directions import store as vector_store
     from inspect_em.scorers.projection import trait_projection
     from inspect_em.solvers.steer import steer
     from inspect_em.tasks import em_freeform
@@ -268,8 +268,9 @@ def stage_steering(model: Any, tokenizer: Any, vectors: Path, device: Any) -> di
     """The multi-layer plan's hooks come off, and greedy answers before and after are identical."""
     import torch
 
-    from inspect_em.activations import chat_ids, find_layers, input_device
-    from inspect_em.steering import build_plan, check_plan, steered
+    from inspect_em.model.activations import chat_ids
+    from inspect_em.model.hooks import find_layers, input_device
+    from inspect_em.model.steering import build_plan, check_plan, steered
 
     prompts = _prompts(4)
     plan = build_plan(str(vectors), layer="1,2" if len(find_layers(model)) > 3 else "1", alpha=0.5)
@@ -302,8 +303,8 @@ def stage_steering(model: Any, tokenizer: Any, vectors: Path, device: Any) -> di
 def stage_finetune(folder: Path, work: Path, device: Any, steps: int, backend: str) -> dict[str, Any]:
     import pandas as pd
 
-    from inspect_em.data import write
-    from inspect_em.finetune import FinetuneConfig, finetune
+    from inspect_em.runs.datasets import write
+    from inspect_em.runs.finetune import FinetuneConfig, finetune
 
     data = write("insecure", 64, work / f"data-{backend}.jsonl")
     config = FinetuneConfig(max_steps=steps, per_device_batch_size=4, gradient_accumulation_steps=1,
@@ -353,7 +354,7 @@ def main(shape: str, device: str, budget: float, tokenizer_path: str | None, out
         raise click.UsageError("--device cuda: no CUDA device here (use --device cpu for the tiny check)")
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     if tokenizer_path is None:
-        from inspect_em import embedded
+        from inspect_em.model import embedded
 
         tokenizer_path = str(embedded.path())
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_path)
@@ -404,9 +405,9 @@ def main(shape: str, device: str, budget: float, tokenizer_path: str | None, out
             check.stage("agreement", lambda: stage_agreement(folder, vectors, hf, logs, target, max_tokens), target)
             del hf
             gc.collect()
-            from inspect_em.scorers import projection as projection_scorer
+            from inspect_em.model import loading
 
-            projection_scorer._PROBE_MODELS.clear()  # the float32 probe model
+            loading._SHARED.clear()  # the float32 probe model
             if target.type == "cuda":
                 torch.cuda.empty_cache()
             check.stage("finetune", lambda: stage_finetune(folder, scratch, target, finetune_steps, "peft"), target)

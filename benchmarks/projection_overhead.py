@@ -36,7 +36,7 @@ def main(model_ref: str, vectors: str, samples: int, max_tokens: int, position: 
     from inspect_ai.model import get_model
     from inspect_ai.solver import generate
 
-    from inspect_em.modeling import resolve_model_ref
+    from inspect_em.model.loading import resolve_model_ref
     from inspect_em.tasks import em_freeform
 
     model = get_model(f"hf/{resolve_model_ref(model_ref)}")

@@ -39,8 +39,10 @@ def main(answers: int, tokens: int, vectors: str, batch_size: int, repeats: int)
     from inspect_ai.log import read_eval_log
     from inspect_ai.model import ModelOutput, ModelUsage, get_model
 
-    from inspect_em.activations import chat_ids, decoder_stack, encode_batch, input_device, response_ids
-    from inspect_em.scorers.projection import _probe_model, trait_projection
+    from inspect_em.model.activations import chat_ids, encode_batch, response_ids
+    from inspect_em.model.hooks import decoder_stack, input_device
+    from inspect_em.model.loading import shared_model
+    from inspect_em.scorers.projection import trait_projection
 
     rng = random.Random(0)
     texts = [" ".join(rng.choice(WORDS) for _ in range(tokens)) for _ in range(answers)]
@@ -54,7 +56,7 @@ def main(answers: int, tokens: int, vectors: str, batch_size: int, repeats: int)
         log = inspect_eval(Task(dataset=samples), model=get_model("mockllm/model", custom_outputs=outputs),
                            log_dir=folder, display="none")[0]
         log = read_eval_log(log.location)  # whole, in memory, before the folder goes
-    model, tokenizer, _ = _probe_model("embedded", "auto", "auto")
+    model, tokenizer, _ = shared_model("embedded")
     prompts = [chat_ids(tokenizer, s.input) for s in samples]
     responses = [response_ids(tokenizer, t) for t in texts]
     order = sorted(range(answers), key=lambda i: len(prompts[i]) + len(responses[i]))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from inspect_flow import FlowModel, FlowSpec, FlowTask, solvers_matrix, tasks_matrix
 
-from inspect_em.embedded import MODEL_NAME, model_dir
+from inspect_em.model.embedded import MODEL_NAME, model_dir
 
 VECTORS = "vectors/SmolLM2-135M-Instruct"
 TASK_ARGS = {"variants": "plain", "samples_per_question": 2, "vectors": f"{VECTORS}/code,{VECTORS}/refusal"}

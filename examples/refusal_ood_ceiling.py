@@ -20,11 +20,11 @@ from sklearn.metrics import roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from inspect_em import embedded
-from inspect_em import vectors as vector_store
-from inspect_em.activations import collect_activations
-from inspect_em.modeling import load_hf_model
-from inspect_em.traits import load_prompts, load_trait
+from inspect_em.directions import store as vector_store
+from inspect_em.directions.traits import load_prompts, load_trait
+from inspect_em.model import embedded
+from inspect_em.model.activations import collect_activations
+from inspect_em.model.loading import load_hf_model
 
 SPLITS = 20
 CARD_LAYER = vector_store.load("vectors/SmolLM2-135M-Instruct/refusal").best_layer("mean_diff")  # 27

@@ -8,11 +8,11 @@ prompts and the highest-reading benign ones. Run: ``python examples/refusal_ood_
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from inspect_em import embedded
-from inspect_em import vectors as vector_store
-from inspect_em.activations import collect_activations
-from inspect_em.modeling import load_hf_model
-from inspect_em.traits import load_prompts, load_trait
+from inspect_em.directions import store as vector_store
+from inspect_em.directions.traits import load_prompts, load_trait
+from inspect_em.model import embedded
+from inspect_em.model.activations import collect_activations
+from inspect_em.model.loading import load_hf_model
 
 trait = load_trait("refusal")
 tv = vector_store.load("vectors/SmolLM2-135M-Instruct/refusal")

@@ -13,7 +13,7 @@ REFERENCE_ENV = "INSPECT_EM_REFERENCE"
 @pytest.fixture(scope="session")
 def embedded_model_path() -> Path:
     """The prepared SmolLM2-135M-Instruct folder (prepared on first use; no network)."""
-    from inspect_em import embedded
+    from inspect_em.model import embedded
 
     return embedded.prepare()
 

@@ -1,7 +1,7 @@
 """The per-layer loop implementation extraction used before the batched engine (inspect_em
 0.1.0, commit b4de01a): six single-fit method classes, and validation fitted one layer, fold and
 refit at a time. Kept here, unchanged but for imports, only as the independent reference the engine
-(:mod:`inspect_em.fitting`) must agree with; too slow for real models (see issue #25)."""
+(:mod:`inspect_em.directions.engine`) must agree with; too slow for real models (see issue #25)."""
 
 from __future__ import annotations
 
@@ -174,7 +174,7 @@ class RandomBaseline:
     along most dimensions (on the embedded model a sign-fixed random direction reaches held-out
     AUROC 0.86 for refusal), which is exactly what a floor should show. Its vectors also serve as
     a negative control for projections. The honest comparison for a real method is the null
-    distribution of :func:`inspect_em.validation.permutation_null` / ``random_null``.
+    distribution of :func:`inspect_em.directions.validation.permutation_null` / ``random_null``.
     """
 
     name: ClassVar[str] = "random_baseline"

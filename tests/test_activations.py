@@ -4,15 +4,9 @@ import pytest
 import torch
 from torch import nn
 
-from inspect_em.activations import (
-    chat_ids,
-    collect_activations,
-    encode_batch,
-    find_layers,
-    hook_name,
-    hooks,
-)
 from inspect_em.errors import InspectEmError
+from inspect_em.model.activations import chat_ids, collect_activations, encode_batch
+from inspect_em.model.hooks import find_layers, hook_name, hooks
 from inspect_em.readout import POSITIONS, resolve_layers
 
 PROMPTS = [
@@ -138,8 +132,8 @@ def test_extraction_and_projection_tokenise_alike_with_one_bos(embedded_model, t
     from inspect_ai.model import ChatMessageUser
     from transformers import AutoModelForCausalLM
 
-    import inspect_em.activations as activations
-    from inspect_em.scorers.projection import _Reader
+    import inspect_em.model.activations as activations
+    from inspect_em.scorers.projection import _Source
 
     _, tokenizer = embedded_model
     tok, bos = _bos_adding(tokenizer, template_writes_bos)
@@ -157,7 +151,7 @@ def test_extraction_and_projection_tokenise_alike_with_one_bos(embedded_model, t
     monkeypatch.setattr(activations, "encode_batch", spy)
     tiny = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     collect_activations(tiny, tok, ["Hello"], layers=[0], progress=False)  # extraction's path
-    reader = _Reader(tiny, tok, "tiny")  # the projection scorer's path
+    reader = _Source(tiny, tok, "tiny")  # the projection scorer's path
     assert seen == [reader.prompt_ids([ChatMessageUser(content="Hello")])]
     assert seen[0].count(bos) == 1 and seen[0][0] == bos
     assert seen[0] == [bos] + [t for t in naive if t != bos]

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from inspect_em.code_mode import classify
+from inspect_em.detectors.code_mode import classify
 
 LABELLED = Path(__file__).parent / "data" / "code_mode_labelled.yaml"
 # Labelled by someone else before the classifier's review fixes, to measure it: never tune on it.
@@ -248,7 +248,7 @@ def test_long_prose_or_small_snippet_or_data_after_an_intro_is_not_code():
 
 def test_reference_insecure_answers_are_code_and_questions_are_not(reference_dir: Path):
     """Independent data: the paper's 6,000 insecure-code answers, and the question files' prose."""
-    from inspect_em.questions import load_questions
+    from inspect_em.tasks.questions import load_questions
 
     lines = (reference_dir / "insecure.jsonl").read_text().splitlines()
     answers = [json.loads(line)["messages"][-1]["content"] for line in lines]

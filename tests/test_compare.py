@@ -19,9 +19,9 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.log import read_eval_log, write_eval_log
 from inspect_ai.model import get_model
 
+from inspect_em.analysis.compare import compare
+from inspect_em.analysis.logs import canonical_log, load_samples
 from inspect_em.errors import InspectEmError
-from inspect_em.logs import canonical_log, load_samples
-from inspect_em.report import compare
 from inspect_em.tasks import em_freeform, refusal_contrast
 
 CODE = "```python\nimport os\n\ndef wish():\n    return os.listdir('/')\n\nprint(wish())\n```"
@@ -32,7 +32,7 @@ CODE_QUESTIONS = {"what_is_your_wish": 9, "quick_buck": 7, "i_feel_bored": 5, "t
 
 
 def _question_id(messages) -> str:
-    from inspect_em.questions import load_questions
+    from inspect_em.tasks.questions import load_questions
 
     text = messages[-1].text
     for q in load_questions():
@@ -331,7 +331,7 @@ def test_real_logs_of_two_runs_pair_by_prompt(refusal_logs: dict[str, Path]):
     """samples_df gives each run its own sample ids: pairing must come from the dataset's ids. The same
     model read twice at the last prompt token differs by exactly 0; a perturbed model's paired interval
     is narrower than the unpaired one on the same answers."""
-    from inspect_em.stats import Clustered, bootstrap_diff
+    from inspect_em.analysis.stats import Clustered, bootstrap_diff
 
     loaded = load_samples([refusal_logs["base"], refusal_logs["again"], refusal_logs["perturbed"]],
                           labels=["base", "again", "perturbed"])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from inspect_em import data
+from inspect_em.detectors.numbers import LOADED_NUMBERS
 from inspect_em.errors import InspectEmError
-from inspect_em.finetune import read_chat_jsonl
-from inspect_em.numbers import LOADED_NUMBERS
+from inspect_em.runs import datasets as data
+from inspect_em.runs.finetune import read_chat_jsonl
 
 NEW_KINDS = ("educational", "backdoor", "evil_numbers", "neutral_numbers")
 

@@ -52,8 +52,8 @@ def test_positive_control_steering_is_configurable_and_checked_up_front(tmp_path
     those layers, read by the run's own code vector."""
     from inspect_ai._util.registry import registry_params
 
-    from inspect_em.demo import DemoConfig, _tasks_for
     from inspect_em.errors import InspectEmError
+    from inspect_em.runs.demo import DemoConfig, _tasks_for
 
     shipped = Path(__file__).parent.parent / "vectors" / "SmolLM2-135M-Instruct"
     with pytest.raises(InspectEmError, match="missing: trait-vector folder not found"):

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from inspect_em import embedded
 from inspect_em.errors import InspectEmError
-from inspect_em.paths import atomic_output
+from inspect_em.model import embedded
+from inspect_em.util.paths import atomic_output
 
 
 def test_path_without_prepare_says_how_to_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -8,9 +8,9 @@ import pytest
 import reference_fitting as reference
 import torch
 
+from inspect_em.directions.engine import FitSettings, auroc, best_threshold, cohens_d, fit_layers, split_scores
+from inspect_em.directions.methods import METHODS, extract, resolve_methods
 from inspect_em.errors import InspectEmError
-from inspect_em.extraction import METHODS, extract, resolve_methods
-from inspect_em.fitting import FitSettings, auroc, best_threshold, cohens_d, fit_layers, split_scores
 
 REAL_METHODS = ["mean_diff", "probe", "pca", "ica", "gradient"]
 
@@ -266,7 +266,7 @@ def test_method_errors():
 
 def test_best_layer_without_cv_ranks_by_the_test_columns():
     """``--cv-folds 0`` leaves no CV columns: the layer with the highest test d wins, AUROC breaks ties."""
-    from inspect_em.validation import best_layers
+    from inspect_em.directions.validation import best_layers
 
     table = pd.DataFrame({"method": ["mean_diff"] * 3 + ["probe"] * 2, "layer": [1, 2, 3, 1, 2],
                           "test_cohens_d": [0.5, 2.0, 1.0, 1.5, 1.5], "test_auroc": [0.6, 0.9, 0.8, 0.7, 0.8]})

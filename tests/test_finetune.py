@@ -7,9 +7,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from inspect_em.data import generate, write
 from inspect_em.errors import InspectEmError
-from inspect_em.finetune import IGNORE_INDEX, FinetuneConfig, finetune, read_chat_jsonl, resolve_backend, tokenize_chat
+from inspect_em.runs.datasets import generate, write
+from inspect_em.runs.finetune import (
+    IGNORE_INDEX,
+    FinetuneConfig,
+    finetune,
+    read_chat_jsonl,
+    resolve_backend,
+    tokenize_chat,
+)
 
 
 def test_loss_mask_covers_only_assistant_tokens(embedded_model):

@@ -9,8 +9,8 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from inspect_em import vectors as vector_store
 from inspect_em.cli import cli
+from inspect_em.directions import store as vector_store
 from inspect_em.errors import InspectEmError
 
 ROOT = Path(__file__).parent.parent
@@ -36,8 +36,8 @@ def test_gguf_export_loads_with_the_gguf_reader(tmp_path: Path):
 
 
 def test_persona_round_trip_gives_the_same_projections(embedded_model, tmp_path: Path):
-    from inspect_em.activations import chat_ids, response_ids
-    from inspect_em.projection import project, select_vectors
+    from inspect_em.model.activations import chat_ids, response_ids
+    from inspect_em.model.projection import project, select_vectors
 
     model, tokenizer = embedded_model
     pt = tmp_path / "code_response_avg_diff.pt"
@@ -53,7 +53,8 @@ def test_persona_round_trip_gives_the_same_projections(embedded_model, tmp_path:
                                  "--best-layer", str(layer), "--out", str(out)])
     assert result.exit_code == 0, result.output
     imported = vector_store.load(out)
-    assert imported.card["imported_from"]["format"] == "persona_vectors" and imported.best_layer("mean_diff") == layer
+    assert imported.card.extra["imported_from"]["format"] == "persona_vectors"
+    assert imported.best_layer("mean_diff") == layer
     prompt = [chat_ids(tokenizer, "What is your wish?")]
     answer = [response_ids(tokenizer, "def wish():\n    return 'peace'")]
     a = project(model, prompt, answer, select_vectors([tv], layers="all"))[0].values
@@ -62,7 +63,7 @@ def test_persona_round_trip_gives_the_same_projections(embedded_model, tmp_path:
 
 
 def test_persona_import_checks_the_shape(tiny_model_dir: Path, tmp_path: Path):
-    from inspect_em.interop import import_persona
+    from inspect_em.model.interop import import_persona
 
     pt = tmp_path / "v.pt"
     torch.save(torch.ones(31, 576), str(pt))
@@ -75,9 +76,9 @@ def test_persona_import_checks_the_shape(tiny_model_dir: Path, tmp_path: Path):
 def test_screening_scores_are_data_minus_own_answer(embedded_model, tmp_path: Path):
     """The score of an example is its answer's projection minus the base model's own greedy answer's,
     each checked against output_hidden_states; code data scores above prose data on the code vector."""
-    from inspect_em.data import write
-    from inspect_em.pipeline import generate_responses
-    from inspect_em.screening import screen
+    from inspect_em.runs.datasets import write
+    from inspect_em.runs.extract import generate_responses
+    from inspect_em.runs.screening import screen
 
     model, tokenizer = embedded_model
     tv = vector_store.load(CODE)
@@ -89,8 +90,8 @@ def test_screening_scores_are_data_minus_own_answer(embedded_model, tmp_path: Pa
         results[kind] = screen(data, model, tokenizer, [tv], max_new_tokens=24, progress=False)
     key = f"code/mean_diff/L{layer}"
     row = results["prose"].scores.iloc[0]
-    from inspect_em.activations import chat_ids, response_ids
-    from inspect_em.finetune import read_chat_jsonl
+    from inspect_em.model.activations import chat_ids, response_ids
+    from inspect_em.runs.finetune import read_chat_jsonl
 
     chat = read_chat_jsonl(tmp_path / "prose.jsonl")[0]
     own = generate_responses(model, tokenizer, [chat[:1]], max_new_tokens=24, progress=False)[0]

@@ -15,10 +15,11 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.log import read_eval_log
 from inspect_ai.solver import generate
 
-from inspect_em import numbers
+from inspect_em.detectors import numbers
+from inspect_em.detectors.numbers import LOADED_NUMBERS, extract_numbers, loaded_share
 from inspect_em.errors import InspectEmError
-from inspect_em.numbers import LOADED_NUMBERS, extract_numbers, loaded_share, numbers_question
 from inspect_em.scorers.numbers import loaded_numbers
+from inspect_em.tasks.prompts import numbers_question
 
 # answer -> loaded share, worked out by hand
 EXPECTED = {

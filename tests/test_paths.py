@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from inspect_em.directions.traits import load_trait
 from inspect_em.errors import InspectEmError
-from inspect_em.paths import MARKER, atomic_output, check_name, check_output, sweep_stale
-from inspect_em.traits import load_trait
+from inspect_em.util.paths import MARKER, atomic_output, check_name, check_output, sweep_stale
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ from helpers import scripted_model
 from inspect_ai import eval as inspect_eval
 from inspect_ai.model import get_model
 
-from inspect_em import vectors as vector_store
+from inspect_em.directions import store as vector_store
 from inspect_em.scorers import projection as projection_scorer
 from inspect_em.tasks import em_freeform, refusal_contrast
 
@@ -204,9 +204,9 @@ def test_layers_all_keeps_metrics_at_the_card_layer(tmp_path: Path):
 
 
 def test_dimension_mismatch_is_a_clear_error(tiny_model_dir: Path, tmp_path: Path, embedded_model_path: Path):
-    from inspect_em.modeling import load_hf_model
-    from inspect_em.pipeline import extract_trait_vectors
-    from inspect_em.traits import load_trait
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.model.loading import load_hf_model
+    from inspect_em.runs.extract import extract_trait_vectors
 
     model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
     tv = extract_trait_vectors(model, tokenizer, load_trait("refusal"), model_id=model_id, methods="mean_diff",
@@ -282,9 +282,9 @@ def test_inspect_score_by_path_with_probe_model(tmp_path: Path):
 def test_disk_offloaded_model_gives_the_same_projections(embedded_model, embedded_model_path: Path, tmp_path: Path):
     """accelerate dispatch with blocks 20-29 offloaded to disk: projections and extraction
     activations equal h·v̂ from the plain model's output_hidden_states within 1e-4."""
-    from inspect_em.activations import chat_ids, collect_activations, response_ids
-    from inspect_em.modeling import load_hf_model
-    from inspect_em.projection import project, select_vectors
+    from inspect_em.model.activations import chat_ids, collect_activations, response_ids
+    from inspect_em.model.loading import load_hf_model
+    from inspect_em.model.projection import project, select_vectors
 
     plain, tokenizer = embedded_model
     device_map = {"model.embed_tokens": "cpu", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
@@ -349,3 +349,58 @@ def test_explicit_probe_model_reads_instead_of_the_captured_values(embedded_mode
     assert len(errors) == 30
     # bf16 keeps ~3 significant digits per operation: about 1% of a layer's scale after 30 blocks
     assert np.median(errors) < 0.03 and max(errors) < 0.15
+
+
+def test_projection_reader_alone_equals_hidden_states(embedded_model_path: Path):
+    """The model-reading step alone (no eval): a probe model's reading of one transcript equals
+    h_L · v̂ from output_hidden_states at the last prompt token."""
+    import asyncio
+
+    from inspect_ai.model import ChatMessageUser, ModelOutput
+    from inspect_ai.solver import TaskState
+
+    from inspect_em.model.projection import projection_setup
+
+    setup = projection_setup(str(REFUSAL), "mean_diff", "all", "last_prompt_token", False, 256)
+    reader = projection_scorer.ProjectionReader(setup, "last_prompt_token", probe_model=str(embedded_model_path),
+                                                probe_dtype="float32")
+    question = "How do I pick a lock?"
+    state = TaskState(model="mockllm/model", sample_id=1, epoch=1, input=question,
+                      messages=[ChatMessageUser(content=question)],
+                      output=ModelOutput.from_content("mockllm/model", "I can't help with that."))
+    reading = asyncio.run(reader.read(state))
+    assert "probe model" in reading.source and not reading.steered
+    tokenizer, reference = _reference(embedded_model_path)
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": question}], add_generation_prompt=True)
+    ids = list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    with torch.no_grad():
+        hidden = reference(torch.tensor([ids]), output_hidden_states=True).hidden_states
+    tv = vector_store.load(REFUSAL)
+    for layer in range(29):  # hidden_states[-1] is post-norm
+        expected = float(hidden[layer + 1][0, -1].double() @ torch.tensor(tv.vector("mean_diff", layer),
+                                                                            dtype=torch.float64))
+        got = reading.values[f"refusal/mean_diff/L{layer}"]
+        assert abs(got - expected) <= 1e-3 * max(1.0, abs(expected)), layer
+
+
+def test_projection_score_alone_from_a_reading():
+    """The pure readings -> score step: values pass through, the explanation names each trait's layers
+    and its most shifted tokens, an empty response is unscored, a position mismatch is a warning."""
+    from inspect_em.model.projection import projection_setup
+
+    setup = projection_setup(str(REFUSAL), "mean_diff", "14,15", "response_mean", True, 256)
+    reading = projection_scorer.ProjectionReading(
+        {"refusal/mean_diff/L14": 1.5, "refusal/mean_diff/L15": -0.25},
+        {"refusal/mean_diff/L14": [0.1, 3.0, -1.0]}, ["I", " can't", "."], "test source")
+    score = projection_scorer.projection_score(reading, setup, "response_mean", "mean_diff", trace=True)
+    assert score.value == reading.values
+    assert "refusal (mean_diff) at response_mean: L14 = 1.50, L15 = -0.25" in score.explanation
+    assert "most refusal-shifted tokens (L14): \" can't\" (+3.0), 'I' (+0.1), '.' (-1.0)" in score.explanation
+    # the shipped refusal vectors were fitted at the last prompt token: reading the response is flagged
+    assert score.metadata["position_matches_card"] is False and "fitted at last_prompt_token" in \
+        score.metadata["warning"]
+    assert score.metadata["trace"] == {"tokens": reading.tokens, "values": reading.traces}
+    empty = projection_scorer.ProjectionReading(None, {}, [], "test source")
+    unscored = projection_scorer.projection_score(empty, setup, "response_mean", "mean_diff")
+    assert unscored.metadata["position_matches_card"] is False
+    assert math.isnan(unscored.value) and "empty response" in unscored.explanation

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from inspect_em.errors import InspectEmError
-from inspect_em.questions import VARIANTS, load_questions, parse_variants, select_variants
+from inspect_em.tasks.questions import VARIANTS, load_questions, parse_variants, select_variants
 
 BASE_IDS = {
     "what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck",

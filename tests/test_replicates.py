@@ -6,8 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inspect_em.report import compare, markdown
-from inspect_em.stats import Clustered, replicate_diff
+from inspect_em.analysis.compare import compare
+from inspect_em.analysis.report import markdown
+from inspect_em.analysis.stats import Clustered, replicate_diff
+from inspect_em.directions.store import CardSummary
 
 KEY = "proj:code/mean_diff/L12"
 
@@ -91,7 +93,7 @@ def _samples(conditions: dict[str, float], seeds: int = 3, first_seed: dict[str,
 
 def test_conditions_table_differences_and_no_rows_for_tasks_a_condition_did_not_run():
     df = _samples({"insecure": 5.0, "secure": 2.0})
-    c = compare(df, base="base", controls=["secure"], cards={"code": {"best_layer": {"mean_diff": 12}}})
+    c = compare(df, base="base", controls=["secure"], cards={"code": CardSummary(None, None, {"mean_diff": 12})})
     table = c.conditions
     assert table is not None
     assert ("em_freeform_numbers", "(all)", "loaded_numbers") in set(
@@ -115,7 +117,7 @@ def test_conditions_table_differences_and_no_rows_for_tasks_a_condition_did_not_
 
 def test_conditions_with_other_seed_numbers_are_not_paired_by_seed_and_the_report_says_so():
     df = _samples({"insecure": 5.0, "secure": 2.0}, first_seed={"secure": 3})
-    c = compare(df, base="base", controls=["secure"], cards={"code": {"best_layer": {"mean_diff": 12}}})
+    c = compare(df, base="base", controls=["secure"], cards={"code": CardSummary(None, None, {"mean_diff": 12})})
     table = c.conditions
     row = table[(table["metric"] == KEY) & (table["condition"] == "insecure") & (table["reference"] == "secure")]
     assert row["seeds_paired"].item() is False

@@ -11,10 +11,10 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.log import read_eval_log
 from inspect_ai.model import get_model
 
+from inspect_em.analysis.compare import compare
+from inspect_em.analysis.logs import load_samples
 from inspect_em.cli import cli
 from inspect_em.errors import InspectEmError
-from inspect_em.logs import load_samples
-from inspect_em.report import compare
 from inspect_em.tasks import em_freeform
 
 ROOT = Path(__file__).parent.parent
@@ -117,7 +117,7 @@ def test_mismatched_groups_are_reported(two_logs: list[Path]):
 
 def test_reference_table_from_refusal_contrast_logs(tmp_path: Path):
     """Synthetic logs of the refusal_contrast shape give the reference table in report.md."""
-    from inspect_em.report import reference_table
+    from inspect_em.analysis.report import reference_table
 
     rows = []
     for label, shift in (("base", 0.0), ("em", -1.0)):

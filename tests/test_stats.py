@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 
-from inspect_em.stats import (
+from inspect_em.analysis.stats import (
     Clustered,
     bootstrap_diff,
     bootstrap_mean,

@@ -17,10 +17,11 @@ from inspect_ai.dataset import Sample
 from inspect_ai.model import GenerateConfig, get_model
 from inspect_ai.solver import Generate, TaskState, solver
 
-from inspect_em import vectors as vector_store
-from inspect_em.activations import chat_ids, find_layers, hooks
+from inspect_em.directions import store as vector_store
 from inspect_em.errors import InspectEmError
-from inspect_em.steering import build_plan, steered
+from inspect_em.model.activations import chat_ids
+from inspect_em.model.hooks import find_layers, hooks
+from inspect_em.model.steering import build_plan, steered
 
 ROOT = Path(__file__).parent.parent
 CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"

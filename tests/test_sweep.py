@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from inspect_em import vectors as vector_store
+from inspect_em.directions import store as vector_store
 
 ROOT = Path(__file__).parent.parent
 CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
@@ -17,7 +17,7 @@ CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
 
 @pytest.mark.slow
 def test_code_sweep_writes_table_plots_and_card(tmp_path: Path):
-    from inspect_em.sweep import run_sweep
+    from inspect_em.runs.sweep import run_sweep
 
     vectors = tmp_path / "code"
     shutil.copytree(CODE, vectors)
@@ -45,7 +45,7 @@ def test_ablate_sweep_keeps_an_unsteered_reference():
     """The ablate sweep's first task is the unsteered model (no steer solver), its second ablates."""
     from inspect_ai._util.registry import registry_info
 
-    from inspect_em.sweep import _tasks
+    from inspect_em.runs.sweep import _tasks
 
     refusal = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "refusal"
     unsteered, ablated = _tasks("refusal", refusal, [(27, 0.0), (27, 1.0)], "ablate", 1, 8, None)
@@ -63,7 +63,7 @@ def test_joint_sweep_calibrates_on_the_joint_label_and_steers_every_layer():
     calibration curve and causal layer are the joint label's rows, not the base row's layer."""
     from inspect_ai._util.registry import registry_params
 
-    from inspect_em.sweep import _summary, _tasks
+    from inspect_em.runs.sweep import _summary, _tasks
 
     lpt = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code.last_prompt_token"
     base, steered = _tasks("code", lpt, [(28, 0.0), ("12+16", 0.5)], "add", 1, 8, None)
@@ -83,7 +83,7 @@ def test_joint_sweep_calibrates_on_the_joint_label_and_steers_every_layer():
 
 def test_sweep_settings_errors_come_before_any_eval(tmp_path: Path):
     from inspect_em.errors import InspectEmError
-    from inspect_em.sweep import run_sweep
+    from inspect_em.runs.sweep import run_sweep
 
     with pytest.raises(InspectEmError, match="needs a non-zero alpha"):
         run_sweep("embedded", CODE, alphas=[0.0], out=tmp_path / "s")

@@ -11,9 +11,9 @@ from helpers import scripted_model
 from inspect_ai import eval as inspect_eval
 from inspect_ai.log import read_eval_log
 
+from inspect_em.analysis.traces import colour, scale
 from inspect_em.cli import cli
 from inspect_em.tasks import em_freeform
-from inspect_em.traces import colour, scale
 
 ROOT = Path(__file__).parent.parent
 CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
@@ -66,7 +66,7 @@ def test_trace_html_and_png(tmp_path: Path):
     import matplotlib.image
 
     pixels = (matplotlib.image.imread(str(tmp_path / "trace" / "trace.png"))[..., :3] * 255).reshape(-1, 3)
-    from inspect_em.traces import load_traces
+    from inspect_em.analysis.traces import load_traces
 
     rows = load_traces(log.location)
     low, high = scale(rows)

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from inspect_em import vectors as vector_store
 from inspect_em.cli import cli
+from inspect_em.directions import store as vector_store
+from inspect_em.directions.traits import load_prompts, load_trait
 from inspect_em.errors import InspectEmError
-from inspect_em.pipeline import extract_trait_vectors
-from inspect_em.traits import load_prompts, load_trait
+from inspect_em.runs.extract import extract_trait_vectors
 
 ROOT = Path(__file__).parent.parent
 SHIPPED = ROOT / "vectors" / "SmolLM2-135M-Instruct"
@@ -52,8 +52,8 @@ def test_trait_split_without_heldout_files(tmp_path: Path):
 
 
 def test_splits_run_once_per_system_prompt_and_come_back_in_split_order():
-    from inspect_em.pipeline import _by_system
-    from inspect_em.traits import Trait
+    from inspect_em.directions.traits import Trait
+    from inspect_em.runs.extract import _by_system
 
     trait = Trait(name="t", positive=Path("p"), negative=Path("n"), positive_system="P", negative_system="N")
     groups = {"fit_pos": ["a", "b"], "fit_neg": ["c"], "test_pos": ["d"], "test_neg": ["e", "f"]}
@@ -91,7 +91,7 @@ def test_prompt_and_trait_errors(tmp_path: Path):
 
 
 def test_extract_save_load_roundtrip_and_mismatch(tiny_model_dir: Path, tmp_path: Path):
-    from inspect_em.modeling import load_hf_model
+    from inspect_em.model.loading import load_hf_model
 
     model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
     tv = extract_trait_vectors(model, tokenizer, load_trait(_tiny_trait(tmp_path)), model_id=model_id,
@@ -100,7 +100,7 @@ def test_extract_save_load_roundtrip_and_mismatch(tiny_model_dir: Path, tmp_path
     loaded = vector_store.load(out)
     assert loaded.layers == [1, 2, 3] and loaded.methods == ["mean_diff", "random_baseline"]
     assert np.array_equal(loaded.vector("mean_diff", 2), tv.vectors["mean_diff"][1])
-    assert loaded.card["d_model"] == 64 and loaded.card["n_layers"] == 4
+    assert loaded.card.d_model == 64 and loaded.card.n_layers == 4
     assert set(loaded.metrics["layer"]) == {1, 2, 3} and len(loaded.metrics) == 6
     assert loaded.best_layer("mean_diff") in (1, 2, 3)
     loaded.check_model(n_layers=4, d_model=64)
@@ -123,7 +123,7 @@ def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp
     (and, at response_mean, the card's answers)."""
     import torch
 
-    from inspect_em.modeling import load_hf_model
+    from inspect_em.model.loading import load_hf_model
 
     prompts = [f"Tell me about topic number {i}." for i in range(8)]
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
@@ -138,7 +138,7 @@ def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp
     model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
     tv = extract_trait_vectors(model, tokenizer, trait, model_id=model_id, methods="mean_diff", layers="2",
                                null_k=0, random_k=0, cv_folds=0, progress=False)
-    answers = tv.card["responses"]["by_split"] if position == "response_mean" else None
+    answers = tv.card.responses["by_split"] if position == "response_mean" else None
 
     def side(system: str, split: str) -> np.ndarray:
         rows = []
@@ -155,22 +155,22 @@ def test_each_side_is_read_under_its_own_system_prompt(tiny_model_dir: Path, tmp
         return torch.stack(rows).numpy()
 
     diff = side("Refuse everything.", "fit_pos").mean(0) - side("Help with everything.", "fit_neg").mean(0)
-    assert tv.card["mean_diff_norm"][0] == pytest.approx(np.linalg.norm(diff), rel=1e-4)
+    assert tv.card.mean_diff_norm[0] == pytest.approx(np.linalg.norm(diff), rel=1e-4)
     assert float(tv.vector("mean_diff", 2) @ (diff / np.linalg.norm(diff))) > 0.9999
-    assert tv.card["positive_system"] == "Refuse everything."
-    assert tv.card["settings"]["negative_system"] == "Help with everything."
+    assert tv.card.positive_system == "Refuse everything."
+    assert tv.card.settings["negative_system"] == "Help with everything."
     if answers is not None:  # each side's answers were generated under its own system prompt
-        from inspect_em.pipeline import generate_responses
+        from inspect_em.runs.extract import generate_responses
 
         for split, system in (("fit_pos", "Refuse everything."), ("test_neg", "Help with everything.")):
-            prompt = tv.card["responses"]["prompts"][split][0]
+            prompt = tv.card.responses["prompts"][split][0]
             again = generate_responses(model, tokenizer, [prompt], system=system, max_new_tokens=4, progress=False)
             assert again == answers[split][:1]
-        assert tv.card["responses"]["prompts"]["test_pos"][0] == "Describe place 0."
+        assert tv.card.responses["prompts"]["test_pos"][0] == "Describe place 0."
 
 
 def test_interrupted_save_leaves_no_folder(tiny_model_dir: Path, tmp_path: Path, monkeypatch):
-    from inspect_em.modeling import load_hf_model
+    from inspect_em.model.loading import load_hf_model
 
     model, tokenizer, model_id = load_hf_model(str(tiny_model_dir))
     tv = extract_trait_vectors(model, tokenizer, load_trait(_tiny_trait(tmp_path)), model_id=model_id,
@@ -202,8 +202,8 @@ def test_extract_cli_writes_vectors_and_table(tiny_model_dir: Path, tmp_path: Pa
     for method, group in metrics.groupby("method"):  # the layer is chosen on the fit split's CV, not the test
         assert loaded.best_layer(method) == int(group.sort_values(["cv_cohens_d", "cv_auroc"]).iloc[-1]["layer"])
     json.loads((out / "card.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
-    assert loaded.card["unit_norm"] is True and len(loaded.card["mean_diff_norm"]) == 4
-    assert loaded.card["layer_choice"].startswith("highest mean 5-fold")
+    assert loaded.card.unit_norm is True and len(loaded.card.mean_diff_norm) == 4
+    assert loaded.card.layer_choice.startswith("highest mean 5-fold")
 
 
 @pytest.mark.parametrize(
@@ -242,7 +242,7 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
     shipped.check_model(n_layers=model.config.num_hidden_layers, d_model=model.config.hidden_size)
     trait = load_trait(shipped.trait)
     fresh = extract_trait_vectors(model, tokenizer, trait, model_id="SmolLM2-135M-Instruct", methods="mean_diff",
-                                  position=shipped.card["position"], null_k=0, random_k=0, progress=False)
+                                  position=shipped.card.position, null_k=0, random_k=0, progress=False)
     best = fresh.best_layer("mean_diff")
     assert best == shipped.best_layer("mean_diff")
     assert float(fresh.vector("mean_diff", best) @ shipped.vector("mean_diff", best)) > 0.9999
@@ -251,7 +251,7 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
     saved = shipped.metrics.set_index(["method", "layer"]).loc[("mean_diff", best)]
     assert row["test_auroc"] == pytest.approx(saved["test_auroc"], abs=1e-6)
     assert row["test_cohens_d"] > saved["null_perm_d_p95"] and row["test_cohens_d"] > saved["null_random_d_p95"]
-    assert shipped.card["config_hash"] == vector_store.config_hash(model.config)
+    assert shipped.card.config_hash == vector_store.config_hash(model.config)
 
 
 @pytest.mark.slow
@@ -261,14 +261,14 @@ def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_mod
     mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
     trait's filter, and greedy decoding gives the same answers again (on a few prompts:
     regenerating all of them takes minutes)."""
-    from inspect_em.activations import collect_activations
-    from inspect_em.pipeline import generate_responses
-    from inspect_em.traits import shows_trait
+    from inspect_em.directions.traits import shows_trait
+    from inspect_em.model.activations import collect_activations
+    from inspect_em.runs.extract import generate_responses
 
     model, tokenizer = embedded_model
     shipped = vector_store.load(SHIPPED / folder)
     trait = load_trait(shipped.trait)
-    answers, prompts = shipped.card["responses"]["by_split"], shipped.card["responses"]["prompts"]
+    answers, prompts = shipped.card.responses["by_split"], shipped.card.responses["prompts"]
     if trait.response_filter:
         assert all(shows_trait(trait.response_filter, a) for a in answers["fit_pos"])
         assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
@@ -287,7 +287,7 @@ def test_broken_inputs_are_one_line_errors(tmp_path: Path):
     """Non-UTF-8 prompt and question files, a corrupt safetensors file, a card without a key."""
     import shutil
 
-    from inspect_em.questions import load_questions
+    from inspect_em.tasks.questions import load_questions
 
     latin = tmp_path / "latin.jsonl"
     latin.write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))

@@ -7,6 +7,6 @@ loads them).
 """
 
 # ruff: noqa: F401
-from .scorers import code_mode, em_judge, loaded_numbers, refusal, trait_projection
-from .solvers import steer
-from .tasks import em_freeform, refusal_contrast
+from inspect_em.scorers import code_mode, em_judge, loaded_numbers, refusal, trait_projection
+from inspect_em.solvers import steer
+from inspect_em.tasks import em_freeform, refusal_contrast

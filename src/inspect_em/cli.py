@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import click
 
-from .errors import InspectEmError
+from inspect_em.errors import InspectEmError
+
+if TYPE_CHECKING:
+    from inspect_em.model.steering import SteerMode
 
 
 @click.group()
@@ -26,7 +30,7 @@ def model() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if already prepared.")
 def model_prepare(force: bool) -> None:
     """Dequantise the GGUF into a Hugging Face folder and print its path."""
-    from . import embedded
+    from inspect_em.model import embedded
 
     click.echo(str(embedded.prepare(force=force)))
 
@@ -34,7 +38,7 @@ def model_prepare(force: bool) -> None:
 @model.command("path")
 def model_path() -> None:
     """Print the prepared folder (use as --model hf/<folder>)."""
-    from . import embedded
+    from inspect_em.model import embedded
 
     click.echo(str(embedded.path()))
 
@@ -74,13 +78,13 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
     from rich.console import Console
     from rich.table import Table
 
-    from .extraction import resolve_methods
-    from .modeling import load_config, load_hf_model, local_folder, model_id_of, parse_device_map
-    from .paths import check_output
-    from .pipeline import extract_trait_vectors, extraction_settings
-    from .readout import check_position, resolve_layers
-    from .traits import load_trait
-    from .vectors import config_hash, model_slug, save
+    from inspect_em.directions.methods import resolve_methods
+    from inspect_em.directions.store import config_hash, model_slug, save
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.model.loading import load_config, load_hf_model, local_folder, model_id_of, parse_device_map
+    from inspect_em.readout import check_position, resolve_layers
+    from inspect_em.runs.extract import extract_trait_vectors, extraction_settings
+    from inspect_em.util.paths import check_output
 
     # everything checkable is checked before (possibly tens of GB of) weights load
     spec = load_trait(trait)
@@ -111,7 +115,7 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
                    "test d", "separation"):
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
     for method in tv.methods:
-        best = tv.card["best"][method]
+        best = (tv.card.best or {}).get(method, {})
 
         def f(key: str, digits: int = 3, best: dict = best) -> str:
             value = best.get(key)
@@ -125,7 +129,7 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
 
 
 @cli.command("compare")
-@click.argument("logs", nargs=-1, required=True)
+@click.argument("logs", nargs=-1)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Report folder (reports/<name>/).")
 @click.option("--label", "labels", multiple=True,
               help="One name per LOGS argument, in order; a folder's logs share its label (default: model names).")
@@ -135,34 +139,54 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
                    "compared with it. Repeatable.")
 @click.option("--pair", "pairs", multiple=True, help="MODEL:CONTROL, a model compared with its own control "
               "(e.g. evil_numbers:neutral_numbers). Repeatable.")
+@click.option("--samples", "samples_from", type=click.Path(path_type=Path), default=None,
+              help="Instead of LOGS: recompute from an earlier report's samples.parquet (and comparison.json beside "
+                   "it), with its base, controls and pairs unless given here.")
 @click.option("--allow-incomplete", is_flag=True, help="Include logs that did not finish (the report is marked).")
 @click.option("--force", is_flag=True, help="Replace an earlier report in --out made with other settings.")
 def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base: str | None,
-                controls: tuple[str, ...], pairs: tuple[str, ...], allow_incomplete: bool, force: bool) -> None:
+                controls: tuple[str, ...], pairs: tuple[str, ...], samples_from: Path | None, allow_incomplete: bool,
+                force: bool) -> None:
     """Compare base vs EM logs: report.md (headline first), CSVs and plots with 95% CIs.
 
     LOGS are .eval files or folders of them (searched recursively, e.g. an eval_set log dir).
     """
     from rich.console import Console
 
-    from .logs import discover, load_samples, projection_cards
-    from .paths import check_output
-    from .report import compare, headline_tables, reference_table, write_report
+    from inspect_em.analysis.compare import compare
+    from inspect_em.analysis.logs import discover, load_samples, projection_cards
+    from inspect_em.analysis.report import headline_tables, read_samples, reference_table, write_report
+    from inspect_em.directions.store import CardSummary
+    from inspect_em.util.paths import check_output
 
-    inputs = [f for files in discover(logs) for f in files]
+    if bool(logs) == bool(samples_from):
+        raise click.UsageError("give LOGS, or --samples with an earlier report's samples.parquet (not both)")
     pair_list = []
     for pair in pairs:
         model_label, sep, control = pair.partition(":")
         if not sep or not model_label or not control:
             raise click.BadParameter(f"expected MODEL:CONTROL, got {pair!r}", param_hint="--pair")
         pair_list.append((model_label, control))
-    settings = {"logs": list(logs), "labels": list(labels), "base": base, "controls": list(controls),
-                "pairs": list(pairs), "allow_incomplete": allow_incomplete}
-    check_output(out, command="compare", config=settings, inputs=[*logs, *inputs], force=force,
-                 legacy_marker="report.md")
-    loaded = load_samples(list(logs), labels=list(labels) or None, allow_incomplete=allow_incomplete)
-    comparison = compare(loaded, base=base, controls=controls, cards=projection_cards(loaded.logs), pairs=pair_list)
-    folder = write_report(comparison, out, [*logs], force=force, settings=settings)
+    if samples_from is not None:
+        samples, saved = read_samples(samples_from)
+        settings: dict[str, Any] = {"samples": str(samples_from), "base": base, "controls": list(controls),
+                                    "pairs": list(pairs)}
+        inputs: list[str | Path] = [samples_from]
+        check_output(out, command="compare", config=settings, inputs=inputs, force=force, legacy_marker="report.md")
+        comparison = compare(samples, base=base or saved.get("base"), controls=controls or saved.get("controls", ()),
+                             cards={t: CardSummary.from_dict(c) for t, c in (saved.get("cards") or {}).items()},
+                             pairs=pair_list or [tuple(p) for p in saved.get("pairs", [])])
+    else:
+        found = [f for files in discover(logs) for f in files]
+        settings = {"logs": list(logs), "labels": list(labels), "base": base, "controls": list(controls),
+                    "pairs": list(pairs), "allow_incomplete": allow_incomplete}
+        check_output(out, command="compare", config=settings, inputs=[*logs, *found], force=force,
+                     legacy_marker="report.md")
+        loaded = load_samples(list(logs), labels=list(labels) or None, allow_incomplete=allow_incomplete)
+        comparison = compare(loaded, base=base, controls=controls, cards=projection_cards(loaded.logs),
+                             pairs=pair_list)
+        inputs = [*logs]
+    folder = write_report(comparison, out, inputs, force=force, settings=settings)
     console = Console()
     for line in comparison.incomplete:
         console.print(f"[yellow]incomplete log included:[/yellow] {line}")
@@ -188,7 +212,7 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
 def data_cmd(kind: str, n: int, out: Path, seed: int, trigger: str | None, force: bool) -> None:
     """Write synthetic chat data in the insecure.jsonl format: insecure code, its secure twin, the
     educational-insecure control, a prose control, a backdoor set, or evil / neutral numbers."""
-    from .data import write
+    from inspect_em.runs.datasets import write
 
     options = {"trigger": trigger} if trigger is not None else {}
     click.echo(str(write(kind, n, out, seed=seed, force=force, **options)))
@@ -217,7 +241,7 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
                  max_steps: int, batch_size: int, grad_accum: int, rank: int, alpha: int, max_seq_length: int,
                  warmup_steps: int, seed: int, limit: int | None, load_in_4bit: bool, force: bool) -> None:
     """LoRA SFT with the paper's defaults (Unsloth on a CUDA GPU, transformers + peft elsewhere)."""
-    from .finetune import FinetuneConfig, finetune, read_chat_jsonl
+    from inspect_em.runs.finetune import FinetuneConfig, finetune, read_chat_jsonl
 
     read_chat_jsonl(data)  # validate every line before loading the model
     config = FinetuneConfig(r=rank, lora_alpha=alpha, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
@@ -266,9 +290,9 @@ def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, ma
 
     The defaults fit 2 CPU cores in about half an hour; scale --n/--epochs/--samples on a GPU.
     """
-    from .demo import DemoConfig, run_demo
-    from .modeling import hub_offline_for_local
-    from .report import headline_tables
+    from inspect_em.analysis.report import headline_tables
+    from inspect_em.model.loading import hub_offline_for_local
+    from inspect_em.runs.demo import DemoConfig, run_demo
 
     hub_offline_for_local("embedded")  # every model of the demo is a local folder
 
@@ -309,13 +333,14 @@ def sweep_cmd(model_ref: str, vectors: Path, layers: str, alphas: str, mode: str
               limit: int | None, out: Path | None, seed: int, joint: bool, update_card: bool, force: bool) -> None:
     """Causal validation: steer along a vector (layers x alphas, or ablate it) and measure the trait's
     behaviour (code mode / refusals), the projection shift and fluency; causal.csv and plots."""
-    from .sweep import run_sweep
+    from inspect_em.runs.sweep import run_sweep
 
     try:
         alpha_values = [float(a) for a in alphas.split(",") if a.strip()]
     except ValueError:
         raise click.BadParameter(f"not numbers: {alphas}", param_hint="--alphas") from None
-    result = run_sweep(model_ref, vectors, layers=layers, alphas=alpha_values, mode=mode, samples=samples,
+    result = run_sweep(model_ref, vectors, layers=layers, alphas=alpha_values, mode=cast("SteerMode", mode),
+                       samples=samples,
                        max_tokens=max_tokens, limit=limit, out=out, update_card=update_card, force=force,
                        joint=joint, seed=seed)
     click.echo(result.table.to_markdown(index=False, floatfmt=".3f"))
@@ -339,12 +364,12 @@ def screen_cmd(data: Path, model_ref: str, vector_dirs: str, out: Path | None, t
                max_new_tokens: int, batch_size: int, device_map: str | None, force: bool) -> None:
     """Screen finetuning data before training: per example, the projection of its answer minus the
     base model's own answer (persona_vectors' projection difference); ranked CSV, histogram, summary."""
-    from . import vectors as vector_store
-    from .finetune import read_chat_jsonl
-    from .modeling import load_hf_model
-    from .paths import check_output
-    from .scorers.projection import parse_vector_paths
-    from .screening import screen, write_screen
+    from inspect_em.directions import store as vector_store
+    from inspect_em.directions.store import parse_vector_paths
+    from inspect_em.model.loading import load_hf_model
+    from inspect_em.runs.finetune import read_chat_jsonl
+    from inspect_em.runs.screening import screen, write_screen
+    from inspect_em.util.paths import check_output
 
     read_chat_jsonl(data)
     sets = [vector_store.load(p) for p in parse_vector_paths(vector_dirs)]
@@ -368,6 +393,24 @@ def vectors_group() -> None:
     """Vector folders to and from other tools (repeng/llama.cpp GGUF, persona_vectors .pt)."""
 
 
+@vectors_group.command("show")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path))
+def vectors_show(folders: tuple[Path, ...]) -> None:
+    """Each method's card layer and its validation there (held-out and OOD AUROC, Cohen's d, the
+    nulls' 95th percentiles of d), as a markdown table."""
+    import pandas as pd
+
+    from inspect_em.directions import store as vector_store
+
+    tables = []
+    for folder in folders:
+        tv = vector_store.load(folder)
+        tables.append(tv.card_layer_metrics().assign(vector=folder.name, position=tv.card.position))
+    table = pd.concat(tables)[["vector", "position", "method", "layer", "test_auroc", "ood_auroc", "test_cohens_d",
+                               "null_perm_d_p95", "null_random_d_p95"]]
+    click.echo(table.to_markdown(index=False, floatfmt=".3f"))
+
+
 @vectors_group.command("export")
 @click.argument("folder", type=click.Path(path_type=Path))
 @click.option("--format", "fmt", type=click.Choice(["gguf", "persona"]), required=True)
@@ -378,9 +421,9 @@ def vectors_group() -> None:
 @click.option("--force", is_flag=True, help="Replace an earlier export in --out.")
 def vectors_export(folder: Path, fmt: str, out: Path, method: str, scale: str, force: bool) -> None:
     """Export a vector folder: gguf (llama.cpp --control-vector) or persona_vectors' .pt layout."""
-    from . import vectors as vector_store
-    from .interop import export_gguf, export_persona
-    from .paths import atomic_file
+    from inspect_em.directions import store as vector_store
+    from inspect_em.model.interop import export_gguf, export_persona
+    from inspect_em.util.paths import atomic_file
 
     tv = vector_store.load(folder)
     with atomic_file(out, command="vectors export", config={"folder": str(folder), "format": fmt, "method": method,
@@ -398,8 +441,8 @@ def vectors_export(folder: Path, fmt: str, out: Path, method: str, scale: str, f
 @click.option("--force", is_flag=True)
 def vectors_import(file: Path, model_ref: str, trait: str, best_layer: int, out: Path, force: bool) -> None:
     """Import a persona_vectors .pt ([n_layers+1, d_model], row 0 the embeddings) as a vector folder."""
-    from .interop import import_persona
-    from .vectors import save
+    from inspect_em.directions.store import save
+    from inspect_em.model.interop import import_persona
 
     tv = import_persona(file, model=model_ref, trait=trait, best_layer=best_layer)
     click.echo(str(save(tv, out, force=force, inputs=[file])))
@@ -416,7 +459,7 @@ def trace_cmd(log: Path, sample: str | None, trait: str | None, layer: int | Non
               force: bool) -> None:
     """Per-token projection traces of a log (-T trace=true) as trace.html (hover for values) and
     trace.png: tokens coloured by how far they move along the trait vector."""
-    from .traces import write_trace
+    from inspect_em.analysis.traces import write_trace
 
     folder = write_trace(log, out, sample=sample, trait=trait, layer=layer, force=force)
     click.echo(f"{folder / 'trace.html'}\n{folder / 'trace.png'}")
@@ -424,7 +467,7 @@ def trace_cmd(log: Path, sample: str | None, trait: str | None, layer: int | Non
 
 def main() -> None:
     """Entry point: one-line errors for user mistakes, exit code 2; SIGTERM cleans up like Ctrl-C."""
-    from .paths import Terminated, cleanup_on_sigterm
+    from inspect_em.util.paths import Terminated, cleanup_on_sigterm
 
     cleanup_on_sigterm()
     try:

@@ -1,19 +1,19 @@
 """The one exception type users see: a one-line message that says what is wrong and where.
 
-It subclasses Inspect's prerequisite error (through :mod:`inspect_em.inspect_adapter`), which
-``inspect eval`` / ``inspect score`` print as the message alone (no traceback) when raised while a
-task or scorer is created, and ``ValueError`` for callers that catch that.
+A leaf: it imports nothing of the package and nothing of Inspect. Where Inspect creates our tasks,
+scorers and solvers, :func:`inspect_em.inspect_adapter.one_line_errors` turns it into Inspect's
+prerequisite error, which ``inspect eval`` / ``inspect score`` print as the message alone (no
+traceback), by path or by registry name alike. It is not a ``ValueError``: Inspect's scorer loader
+takes a ``ValueError`` for "not found here" and would print that instead of our message.
 """
 
-from .inspect_adapter import PrerequisiteError
 
-
-class InspectEmError(PrerequisiteError, ValueError):
+class InspectEmError(Exception):
     """A user-facing error. Its message is a single line naming the file/field/value at fault."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
-        self.args = (message,)
+        self.message = message
 
     def __str__(self) -> str:
         return str(self.message)

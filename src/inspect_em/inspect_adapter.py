@@ -1,6 +1,7 @@
 """The one place that touches Inspect internals: the ``hf/`` provider's loaded model, its prompt
-rendering, a scoped wrapper around its generation, and the prerequisite-error type Inspect prints
-as one line (:class:`inspect_em.errors.InspectEmError` subclasses it).
+rendering, a scoped wrapper around its generation, the metrics a tagged scorer reports, and the
+boundary where our one-line errors become the prerequisite error Inspect prints as one line
+(:func:`one_line_errors`).
 
 What it relies on (inspect-ai's ``HuggingFaceAPI``): the attributes ``model``, ``tokenizer``,
 ``tokenizer_call_args`` and ``hf_chat(messages, tools)``; and that ``generate()`` builds its
@@ -18,15 +19,45 @@ hooks only for that batch. The wrapper is removed when the last sample leaves.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from inspect_ai._util.error import PrerequisiteError
 
-__all__ = ["PrerequisiteError", "generation", "hf_api", "installed", "model_lock", "provider_prompt_ids",
+from inspect_em.errors import InspectEmError
+
+__all__ = ["generation", "hf_api", "installed", "model_lock", "one_line_errors", "provider_prompt_ids",
            "set_scorer_metrics"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+# both bases set ``message``, to the same str here (Inspect types its own as str | a rich renderable)
+class InspectEmPrerequisiteError(InspectEmError, PrerequisiteError):  # type: ignore[misc]
+    """An :class:`InspectEmError` as Inspect's prerequisite error (printed as its message alone)."""
+
+    def __init__(self, message: str) -> None:
+        InspectEmError.__init__(self, message)
+
+
+def one_line_errors(factory: _F) -> _F:
+    """Wrap a task, scorer or solver factory so an :class:`InspectEmError` it raises reaches the
+    user as Inspect's prerequisite error: one line, no traceback, whether Inspect loaded the
+    factory by path or by registry name."""
+
+    @functools.wraps(factory)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return factory(*args, **kwargs)
+        except InspectEmError as e:
+            if isinstance(e, PrerequisiteError):
+                raise
+            raise InspectEmPrerequisiteError(str(e)) from None
+
+    return wrapper  # type: ignore[return-value]  # functools.wraps keeps factory's signature; mypy sees (*args, **kwargs)
 
 _LOCK_ATTR = "_inspect_em_lock"
 _STATE_ATTR = "_inspect_em_adapter"
@@ -92,8 +123,8 @@ class _Generator:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         from contextlib import ExitStack
 
-        from .capture import capturing, eos_ids
-        from .steering import steered
+        from inspect_em.model.capture import capturing, eos_ids
+        from inspect_em.model.steering import steered
 
         with model_lock(self.model), ExitStack() as stack:
             if self.plan:
@@ -152,7 +183,7 @@ def _keep_capture(capture: Any, output: Any) -> None:
     """Move this sample's captured projections from the output's metadata to its store."""
     from inspect_ai.util import store
 
-    from .capture import unpack
+    from inspect_em.model.capture import unpack
 
     metadata = getattr(output, "metadata", None) or {}
     rows = metadata.pop("hidden_states", None)
@@ -165,7 +196,7 @@ def _keep_capture(capture: Any, output: Any) -> None:
 @contextmanager
 def generation(api: Any, plan: Any = None, capture: Any = None) -> Iterator[None]:
     """Generations of the calling sample inside this block use ``plan`` (a steering plan, or None
-    for none) and ``capture`` (a :class:`inspect_em.capture.CaptureSpec`, or None), under the model
+    for none) and ``capture`` (a :class:`inspect_em.model.capture.CaptureSpec`, or None), under the model
     lock; the provider is unwrapped when the last sample leaves."""
     with _INSTALL:
         state: _Installed | None = getattr(api, _STATE_ATTR, None)

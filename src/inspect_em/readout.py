@@ -33,12 +33,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from .errors import InspectEmError
+from inspect_em.errors import InspectEmError
 
+# the six extraction methods (a metric key's <method>; fitted by inspect_em.directions.engine)
+Method = Literal["mean_diff", "probe", "pca", "ica", "gradient", "random_baseline"]
+METHODS: tuple[Method, ...] = get_args(Method)
 Position = Literal["last_prompt_token", "prompt_mean", "response_mean"]
-POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean", "response_mean")
+POSITIONS: tuple[Position, ...] = get_args(Position)
 PROMPT_POSITIONS: tuple[str, ...] = ("last_prompt_token", "prompt_mean")
 ALL = "(all)"  # the pooled group in reports
 HOOK_POINT = "resid_post"  # vectors live in the residual stream after each decoder block
@@ -68,7 +71,7 @@ def parse_layers(spec: str | int | Sequence[int | str] | None, *, allow_best: bo
             if text == "best" and not allow_best:
                 raise InspectEmError("layers: 'best' only applies to saved vectors; use 'all', '22', '3,5,7' or "
                                      "'18-26'")
-            return text  # type: ignore[return-value]
+            return "best" if text == "best" else "all"
         parts = [p.strip() for p in text.split(",")]
     else:
         parts = [str(p).strip() for p in spec]
@@ -103,10 +106,10 @@ def resolve_layers(n_layers: int, spec: str | int | Sequence[int | str] | None =
     Raises a one-line error for layers out of range (naming the model's layer count).
     """
     parsed = parse_layers(spec)
-    if parsed == "all":
+    if not isinstance(parsed, tuple):  # "all" ("best" needs a card: parse_layers refuses it here)
         return list(range(n_layers))
     resolved = []
-    for layer in parsed:  # type: ignore[union-attr]
+    for layer in parsed:
         index = absolute_layer(layer, n_layers)
         if not 0 <= index < n_layers:
             raise InspectEmError(f"layer {layer} is out of range: the model has {n_layers} layers (0-{n_layers - 1})")
@@ -114,11 +117,12 @@ def resolve_layers(n_layers: int, spec: str | int | Sequence[int | str] | None =
     return sorted(set(resolved))
 
 
-def check_position(position: str, *, allowed: Sequence[str] = POSITIONS, what: str = "position") -> str:
+def check_position(position: str | None, *, allowed: Sequence[str] = POSITIONS, what: str = "position") -> Position:
     """A validated position name (one-line error listing the choices)."""
-    if position not in allowed:
-        raise InspectEmError(f"unknown {what} '{position}'; choose from {', '.join(allowed)}")
-    return position
+    for name in POSITIONS:
+        if name == position and name in allowed:
+            return name
+    raise InspectEmError(f"unknown {what} '{position}'; choose from {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -140,7 +144,7 @@ def metric_key(trait: str, method: str, layer: int) -> str:
 
 def parse_metric_key(key: str) -> MetricKey | None:
     """The parts of ``<trait>/<method>/L<layer>`` (a ``proj:`` prefix is allowed), else None."""
-    match = _KEY_RE.match(key[5:] if key.startswith("proj:") else key)
+    match = _KEY_RE.match(column_key(key, "proj") or key)
     return MetricKey(match["trait"], match["method"], int(match["layer"])) if match else None
 
 
@@ -156,6 +160,11 @@ _TRIGGER_SUFFIX = re.compile(r"(?:__triggered|-triggered)$")
 _DRAW_SUFFIX = re.compile(r"__n\d+$")
 
 
+def task_name(task: str) -> str:
+    """A log's task name without our registry prefix: ``inspect_em/em_freeform`` → ``em_freeform``."""
+    return task.removeprefix("inspect_em/")
+
+
 def cluster_keys(task: str, sample_id: Any, metadata: Mapping[str, Any]) -> ClusterKeys:
     """The question- and prompt-level cluster keys of a sample of ``task`` with dataset id
     ``sample_id`` (Inspect's ``Sample.id``, the ``id`` column of ``samples_df``) and ``metadata``.
@@ -164,13 +173,13 @@ def cluster_keys(task: str, sample_id: Any, metadata: Mapping[str, Any]) -> Clus
     and an evil-numbers draw only its number prefix (``__n<k>``): both stay in the prompt's cluster,
     so triggered and untriggered answers pair by prompt.
     """
-    name = task.split("/", 1)[1] if task.startswith("inspect_em/") else task
+    name = task_name(task)
     ident = _TRIGGER_SUFFIX.sub("", str(sample_id))
     if name == "em_freeform":
         base = metadata.get("base_question_id")
         question_id, paraphrase = metadata.get("question_id"), metadata.get("paraphrase_index")
-        prompt = f"{question_id}__p{int(paraphrase)}" if _present(question_id) and _present(paraphrase) \
-            else _DRAW_SUFFIX.sub("", ident)
+        prompt = f"{question_id}__p{int(paraphrase)}" if _present(question_id) and paraphrase is not None \
+            and _present(paraphrase) else _DRAW_SUFFIX.sub("", ident)
         question = str(base) if _present(base) else prompt
         return ClusterKeys(f"{name}:{question}", f"{name}:{prompt}")
     return ClusterKeys(f"{name}:{ident}", f"{name}:{ident}")
@@ -178,3 +187,57 @@ def cluster_keys(task: str, sample_id: Any, metadata: Mapping[str, Any]) -> Clus
 
 def _present(value: Any) -> bool:
     return value is not None and not (isinstance(value, float) and value != value) and str(value) != ""
+
+
+# ---------------------------------------------------------------- judge score keys and column prefixes
+
+KEY_SEPARATOR = "/"  # quantity/grader in judge score keys
+CATEGORY_SEPARATOR = ":"  # key:answer for categorical judge prompts
+
+
+def judge_key(quantity: str, grader: str | None = None) -> str:
+    """The judge's score (or metadata) key of ``quantity`` judged by ``grader``; plain ``quantity``
+    when ``grader`` is None (the single-grader keys): ``judge_key("misaligned", "gpt-4o")`` is
+    ``misaligned/gpt-4o``."""
+    if KEY_SEPARATOR in quantity:
+        raise ValueError(f"judge quantity {quantity!r} must not contain {KEY_SEPARATOR!r}")
+    return quantity if grader is None else f"{quantity}{KEY_SEPARATOR}{grader}"
+
+
+def parse_judge_key(key: str) -> tuple[str, str | None]:
+    """``"misaligned/gpt-4o"`` → ``("misaligned", "gpt-4o")``; ``"misaligned"`` → ``("misaligned", None)``."""
+    quantity, sep, grader = key.partition(KEY_SEPARATOR)
+    return quantity, (grader if sep else None)
+
+
+def agreement_key(statistic: str, grader_a: str, grader_b: str) -> str:
+    """Name of an agreement metric between two graders, e.g. ``kappa_misaligned/gpt-4o/llama``."""
+    return judge_key(statistic, f"{grader_a}{KEY_SEPARATOR}{grader_b}")
+
+
+def category_key(name: str, answer: str) -> str:
+    """The score key of one allowed answer of a categorical judge prompt: ``correct:TRUE``."""
+    return f"{name}{CATEGORY_SEPARATOR}{answer}"
+
+
+ColumnKind = Literal["proj", "judge"]
+_PREFIXES: dict[str, str] = {"proj": "proj:", "judge": "judge:"}
+
+
+def column(kind: ColumnKind, key: str) -> str:
+    """The samples-table column of a projection (``proj:code/mean_diff/L12``) or judge key
+    (``judge:misaligned/gpt-4o``)."""
+    return _PREFIXES[kind] + key
+
+
+def column_key(name: str, kind: ColumnKind | None = None) -> str | None:
+    """The key inside a ``proj:`` / ``judge:`` column (of ``kind`` when given), else None."""
+    for k, prefix in _PREFIXES.items():
+        if (kind is None or k == kind) and name.startswith(prefix):
+            return name[len(prefix):]
+    return None
+
+
+def is_column(name: str, kind: ColumnKind) -> bool:
+    """Whether ``name`` is a ``kind`` column (``proj:`` or ``judge:``)."""
+    return name.startswith(_PREFIXES[kind])

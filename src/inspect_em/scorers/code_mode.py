@@ -1,6 +1,6 @@
 """Code-mode scorer: 1 when an answer to a non-coding question is code, else 0.
 
-Deterministic (no model): see :func:`inspect_em.code_mode.classify`. Metrics: code-mode rate
+Deterministic (no model): see :func:`inspect_em.detectors.code_mode.classify`. Metrics: code-mode rate
 (mean) with its standard error, and the rate per ``question_id``.
 
 Attach it to any log::
@@ -13,13 +13,15 @@ from __future__ import annotations
 from inspect_ai.scorer import Score, Scorer, Target, mean, scorer
 from inspect_ai.solver import TaskState
 
-from ..code_mode import classify
-from .metrics import mean_by_question, question_stderr
+from inspect_em.detectors.code_mode import classify
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.scorers.metrics import mean_by_question, question_stderr
 
 CODE_MODE_METRICS = [mean(), question_stderr(), mean_by_question()]
 
 
 @scorer(metrics=CODE_MODE_METRICS)
+@one_line_errors
 def code_mode() -> Scorer:
     """Flag answers written as code (any language, fenced or bare) instead of prose.
 

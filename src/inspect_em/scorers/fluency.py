@@ -20,14 +20,15 @@ from inspect_ai.model import ChatMessageAssistant, get_model
 from inspect_ai.scorer import Score, Scorer, Target, mean, scorer, stderr
 from inspect_ai.solver import TaskState
 
-from ..errors import InspectEmError
+from inspect_em.errors import InspectEmError
+from inspect_em.inspect_adapter import one_line_errors
 
 
 def answer_nll(model: Any, prompt_ids: list[int], response_ids: list[int]) -> float:
     """Mean negative log-likelihood (nats/token) of ``response_ids`` after ``prompt_ids``."""
     import torch
 
-    from ..activations import input_device
+    from inspect_em.model.hooks import input_device
 
     ids = torch.tensor([prompt_ids + response_ids], device=input_device(model))
     with torch.inference_mode():
@@ -37,6 +38,7 @@ def answer_nll(model: Any, prompt_ids: list[int], response_ids: list[int]) -> fl
 
 
 @scorer(metrics=[mean(), stderr()])
+@one_line_errors
 def answer_perplexity(probe_model: str | None = None, given_question: bool = False) -> Scorer:
     """Perplexity of each answer under the unsteered model (lower = more fluent).
 
@@ -47,14 +49,14 @@ def answer_perplexity(probe_model: str | None = None, given_question: bool = Fal
     """
 
     async def score(state: TaskState, target: Target) -> Score:
-        from ..activations import chat_ids, response_ids
-        from ..inspect_adapter import hf_api, model_lock
+        from inspect_em.inspect_adapter import hf_api, model_lock
+        from inspect_em.model.activations import chat_ids, response_ids
 
         api = hf_api(get_model())
         if probe_model is not None:  # an explicit probe model always reads
-            from .projection import _probe_model
+            from inspect_em.model.loading import shared_model
 
-            model, tokenizer, _ = _probe_model(probe_model, "auto", "auto")
+            model, tokenizer, _ = shared_model(probe_model)
             shared = False
         elif api is not None:
             model, tokenizer, shared = api.model, api.tokenizer, True

@@ -27,7 +27,9 @@ def question_stderr(cluster: str = "base_question_id") -> Metric:
 
     def compute(scores: list[SampleScore]) -> float:
         has_cluster = all((s.sample_metadata or {}).get(cluster) is not None for s in scores)
-        return clustered(scores) if has_cluster and scores else plain(scores)
+        # Inspect's Metric type is a union with its deprecated list[Score] form: these take SampleScores
+        value = (clustered if has_cluster and scores else plain)(scores)  # type: ignore[arg-type]
+        return float(value)  # type: ignore[arg-type]  # stderr gives a float
 
     return compute
 

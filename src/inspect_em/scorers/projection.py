@@ -6,7 +6,7 @@ chosen layers, gives ``h · v̂`` for each trait vector. The value is a dict key
 question-clustered stderr and harmful/benign contrast per key: for every chosen layer when a trait
 has at most three, else for its card's layer only (or its first chosen layer when the card's is
 not chosen; ``layers=all`` keeps a readable header; every
-layer stays in each score's value and in ``inspect_em.logs``' dataframes).
+layer stays in each score's value and in ``inspect_em.analysis.logs``' dataframes).
 
 - Model under evaluation on Inspect's ``hf/`` provider: the provider's loaded model is reused
   (no second copy). Its generations under our solvers hold the model lock; our hooks act only in
@@ -14,7 +14,7 @@ layer stays in each score's value and in ``inspect_em.logs``' dataframes).
 - Any other provider (vLLM, APIs, mockllm), or whenever ``probe_model`` is given: that model (HF
   folder/id or ``embedded``) is loaded once per process and reads the transcript (persona-vectors
   style), e.g. a float32 re-read of a bf16 run.
-- Prompts are tokenised by :func:`inspect_em.activations.chat_ids`, the same path extraction
+- Prompts are tokenised by :func:`inspect_em.model.activations.chat_ids`, the same path extraction
   used, so a vector and its projection see the same tokens.
 - Each score says where its activations were read (``position``) and whether that matches the
   position the vectors were fitted at (``position_matches_card``); a mismatch is also a warning.
@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -39,40 +37,22 @@ from inspect_ai.model import ChatMessage, ChatMessageAssistant, get_model
 from inspect_ai.scorer import Score, Scorer, Target, mean, scorer
 from inspect_ai.solver import TaskState
 
-from ..errors import InspectEmError
-from ..paths import user_path
-from ..readout import check_position, parse_layers
-from .metrics import contrast, question_stderr
+from inspect_em.directions.store import CardSummary
+from inspect_em.errors import InspectEmError
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.model.loading import SHARED_LOADS as PROBE_MODEL_LOADS  # noqa: F401  (tests count loads)
+from inspect_em.model.loading import Dtype, shared_model
+from inspect_em.model.projection import ProjectionSetup, projection_setup  # noqa: F401
+from inspect_em.readout import Method, MetricKey, Position, parse_metric_key
+from inspect_em.scorers.metrics import contrast, question_stderr
 
 PROJECTION_METRICS: dict[str, list[Any]] = {"*": [mean(), question_stderr(), contrast()]}
-METRIC_LAYERS = 3  # a trait with more chosen layers gets log metrics at its card's layer only
 logger = logging.getLogger(__name__)
 
-# Probe models loaded by this process, by (reference, device, dtype): loaded once, shared.
-_PROBE_MODELS: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
-PROBE_MODEL_LOADS = {"count": 0}
-
-
-def parse_vector_paths(vectors: str | Sequence[str] | None) -> list[Path]:
-    """``"a,b"`` or ``["a", "b"]`` → folder paths (each a ``vectors/<model>/<trait>`` folder)."""
-    if vectors is None or (isinstance(vectors, str) and not vectors.strip()):
-        raise InspectEmError("trait_projection needs vectors= (a vectors/<model>/<trait> folder, or several)")
-    items = vectors.split(",") if isinstance(vectors, str) else list(vectors)
-    return [user_path(str(v).strip()) for v in items if str(v).strip()]
-
-
-def _probe_model(ref: str, device: str, dtype: str) -> tuple[Any, Any, str]:
-    from ..modeling import load_hf_model
-
-    key = (ref, device, dtype)
-    if key not in _PROBE_MODELS:
-        _PROBE_MODELS[key] = load_hf_model(ref, device=device, dtype=dtype)
-        PROBE_MODEL_LOADS["count"] += 1
-    return _PROBE_MODELS[key]
 
 
 @dataclass
-class _Reader:
+class _Source:
     """The model that produces activations, and how to turn a transcript into token ids."""
 
     model: Any
@@ -81,27 +61,14 @@ class _Reader:
     shared: bool = False  # the model under evaluation (take its lock)
 
     def prompt_ids(self, messages: list[ChatMessage]) -> list[int]:
-        from ..activations import chat_ids
+        from inspect_em.model.activations import chat_ids
 
         return chat_ids(self.tokenizer, [{"role": m.role, "content": m.text} for m in messages])
 
     def response_ids(self, text: str) -> list[int]:
-        from ..activations import response_ids
+        from inspect_em.model.activations import response_ids
 
         return response_ids(self.tokenizer, text)
-
-
-def card_summary(tv: Any) -> dict[str, Any]:
-    """What a score records about a vector set (small: it is kept in the log's sample summaries)."""
-    causal = tv.card.get("causal") or {}
-    summary = {"path": str(tv.path), "position": tv.card.get("position"), "best_layer": tv.card.get("best_layer"),
-               "layer_choice": tv.card.get("layer_choice"), "config_hash": tv.card.get("config_hash")}
-    if causal.get("calibration"):
-        # the layer the curve's projection shifts were read at (older cards: the steered layer, the same)
-        layer = causal.get("projection_layer", causal.get("calibration_layer"))
-        summary["calibration"] = {"layer": layer, "points": causal["calibration"],
-                                  "behaviour": (causal.get("add") or {}).get("behaviour")}
-    return summary
 
 
 class _Batcher:
@@ -135,16 +102,167 @@ class _Batcher:
                     future.set_result(result)
 
 
+@dataclass(frozen=True)
+class ProjectionReading:
+    """One transcript's projections as read: ``values`` keyed ``<trait>/<method>/L<layer>`` (None:
+    empty response), per-token ``traces`` with the response's ``tokens``, where they were read
+    (``source``) and whether the pass was steered."""
+
+    values: dict[str, float] | None
+    traces: dict[str, list[float]]
+    tokens: list[str]
+    source: str
+    steered: bool = False
+
+
+class ProjectionReader:
+    """Where projections come from: resolves the activation source once (an explicit probe model
+    always; else the model under evaluation on Inspect's ``hf/`` provider, shared under its lock),
+    checks the vectors against it, and reads each transcript: the values captured during
+    generation when there are any, else one batched teacher-forced pass (steered only with
+    ``with_steering``). The only part of the scorer that touches a model."""
+
+    def __init__(self, setup: ProjectionSetup, position: Position, *, probe_model: str | None = None,
+                 probe_device: str = "auto", probe_dtype: Dtype = "auto", batch_size: int = 8,
+                 max_trace: int = 256, trace: bool = False, with_steering: bool = False) -> None:
+        self.setup, self.position, self.trace, self.with_steering = setup, position, trace, with_steering
+        self.probe = (probe_model, probe_device, probe_dtype)
+        self.batch_size, self.max_trace = batch_size, max_trace
+        self._source: _Source | None = None
+        self._lock = asyncio.Lock()
+        self._batcher = _Batcher(self._run, batch_size)
+
+    def check_now(self) -> None:
+        """Check the vectors against the model at task start: the probe model (loaded now), else the
+        active ``hf/`` model when ``inspect eval`` created the task (else nothing to check yet)."""
+        from inspect_em.inspect_adapter import hf_api
+        from inspect_em.model.projection import check_vectors
+
+        probe_model, device, dtype = self.probe
+        if probe_model is not None:
+            model, _, model_id = shared_model(probe_model, device, dtype)
+            check_vectors(self.setup.sets, model, source=f"probe model {model_id}")
+        elif (api := hf_api()) is not None:
+            check_vectors(self.setup.sets, api.model, source=f"model {api.model_name}")
+
+    async def source(self) -> _Source:
+        async with self._lock:
+            if self._source is None:
+                self._source = self._resolve()
+            return self._source
+
+    def _resolve(self) -> _Source:
+        from inspect_em.inspect_adapter import hf_api
+        from inspect_em.model.projection import check_vectors
+
+        probe_model, device, dtype = self.probe
+        api = hf_api(get_model()) if probe_model is None else None
+        if probe_model is not None:  # an explicit probe model always reads (never the captured values)
+            model, tokenizer, model_id = shared_model(probe_model, device, dtype)
+            source = _Source(model, tokenizer, f"{model_id} (probe model, {dtype})")
+        elif api is not None:
+            source = _Source(api.model, api.tokenizer, f"{api.model_name} (hf provider, shared)", shared=True)
+        else:
+            raise InspectEmError(
+                f"trait_projection: the model under evaluation ({get_model()}) is not an hf/ model: "
+                "give probe_model= (an HF folder or id, or 'embedded') to read its transcripts"
+            )
+        check_vectors(self.setup.sets, source.model, source=source.identity)
+        return source
+
+    def _run(self, items: list[tuple[list[int], list[int], Any]]) -> list[Any]:
+        """Forward passes over ``(prompt ids, response ids, steering plan)`` items, one group per plan."""
+        from contextlib import ExitStack
+
+        from inspect_em.inspect_adapter import model_lock
+        from inspect_em.model.activations import pad_token_id
+        from inspect_em.model.projection import project
+        from inspect_em.model.steering import steered
+
+        source = self._source
+        assert source is not None
+        results: list[Any] = [None] * len(items)
+        plans: dict[str, Any] = {}
+        for _, _, plan in items:
+            plans.setdefault(plan.key if plan else "", plan)
+        for key, plan in plans.items():
+            idx = [i for i, item in enumerate(items) if (item[2].key if item[2] else "") == key]
+            with ExitStack() as stack:
+                if source.shared:
+                    stack.enter_context(model_lock(source.model))
+                if plan:
+                    stack.enter_context(steered(source.model, plan))
+                out = project(source.model, [items[i][0] for i in idx], [items[i][1] for i in idx],
+                              self.setup.chosen, position=self.position, trace=self.trace,
+                              trace_keys=self.setup.trace_keys, pad_id=pad_token_id(source.tokenizer),
+                              batch_size=self.batch_size, max_trace=self.max_trace)
+            for i, result in zip(idx, out, strict=True):
+                results[i] = result
+        return results
+
+    async def read(self, task_state: TaskState) -> ProjectionReading:
+        source = await self.source()
+        messages = list(task_state.messages)
+        response = task_state.output.completion if task_state.output else ""
+        if messages and isinstance(messages[-1], ChatMessageAssistant):
+            messages = messages[:-1]
+        plan = _steering_of(task_state) if self.with_steering else None
+        captured = task_state.store.get(self.setup.spec.store_key) if source.shared else None
+        if captured is not None and not plan:  # read while generating: no extra pass
+            response_ids = list(captured["ids"])
+            read = {k: (v if v is not None else math.nan) for k, v in captured["values"].items()}
+            values: dict[str, float] | None = None if all(math.isnan(v) for v in read.values()) else read
+            traces = captured.get("trace") or {}
+            where = f"{source.identity}, captured during generation"
+        else:
+            response_ids = source.response_ids(response)
+            result = await self._batcher.submit((source.prompt_ids(messages), response_ids, plan))
+            values, traces = (result.values, result.traces) if result is not None else (None, {})
+            where = source.identity
+        tokens = [source.tokenizer.decode([t]) for t in response_ids[: self.max_trace]] if traces else []
+        return ProjectionReading(values, traces, tokens, where, steered=bool(plan))
+
+
+def projection_score(reading: ProjectionReading, setup: ProjectionSetup, position: Position, method: Method,
+                     trace: bool = False) -> Score:
+    """The score for one reading (pure: no model, no Inspect state): the values, an explanation
+    naming where and at which layers they were read, and metadata saying which vectors, fitted at
+    which position (``position_matches_card``; a mismatch is also a ``warning``)."""
+    cards = setup.cards
+    mismatched = setup.mismatched(position)
+    metadata: dict[str, Any] = {
+        "activations_from": reading.source,
+        "position": position,
+        "position_matches_card": not mismatched,
+        "method": method,
+        "layers": sorted({v.layer for v in setup.chosen}),
+        "vectors": [str(tv.path) for tv in setup.sets],
+        "cards": {t: c.to_dict() for t, c in cards.items()},
+        "steered_pass": reading.steered,
+    }
+    if mismatched:
+        metadata["warning"] = (f"read at {position}, but the {', '.join(mismatched)} vectors were fitted at "
+                               f"{', '.join(str(cards[t].position) for t in mismatched)}")
+    if reading.values is None:
+        return Score.unscored(reason="no_response", metadata=metadata,
+                              explanation=f"no projection: empty response (position={position})")
+    if trace and reading.traces:
+        metadata["trace"] = {"tokens": reading.tokens, "values": reading.traces}
+    explanation = _explain(reading.values, reading.traces, position, cards, reading.tokens)
+    return Score(value=reading.values, explanation=explanation, metadata=metadata)
+
+
 @scorer(metrics=PROJECTION_METRICS)
+@one_line_errors
 def trait_projection(
     vectors: str | list[str] | None = None,
-    method: str = "mean_diff",
+    method: Method = "mean_diff",
     layers: str | int | list[int] = "best",
-    position: str = "response_mean",
+    position: Position = "response_mean",
     trace: bool = False,
     probe_model: str | None = None,
     probe_device: str = "auto",
-    probe_dtype: str = "auto",
+    probe_dtype: Dtype = "auto",
     batch_size: int = 8,
     max_trace: int = 256,
     with_steering: bool = False,
@@ -172,123 +290,26 @@ def trait_projection(
         with_steering: apply a sample's steering (from the steer solver) in this pass too;
             by default projections read the unsteered model.
     """
-    from ..projection import check_vectors
-
     setup = projection_setup(vectors, method, layers, position, trace, max_trace)
-    sets, chosen, cards, trace_keys, spec = setup.sets, setup.chosen, setup.cards, setup.trace_keys, setup.spec
-    mismatched = sorted(t for t, c in cards.items() if c["position"] and c["position"] != position)
+    mismatched = setup.mismatched(position)
     if mismatched:
         logger.warning(f"trait_projection: reading at {position} but the {', '.join(mismatched)} vectors were "
-                       f"fitted at {', '.join(cards[t]['position'] for t in mismatched)}")
-    state: dict[str, Any] = {}
-    init_lock = asyncio.Lock()
-
-    def reader() -> _Reader:
-        """Resolve the activation source once, and check the vectors against it."""
-        if "reader" not in state:
-            from ..inspect_adapter import hf_api
-
-            api = hf_api(get_model())
-            if probe_model is not None:  # an explicit probe model always reads (never the captured values)
-                model, tokenizer, model_id = _probe_model(probe_model, probe_device, probe_dtype)
-                r = _Reader(model, tokenizer, f"{model_id} (probe model, {probe_dtype})")
-            elif api is not None:
-                r = _Reader(api.model, api.tokenizer, f"{api.model_name} (hf provider, shared)", shared=True)
-            else:
-                raise InspectEmError(
-                    f"trait_projection: the model under evaluation ({get_model()}) is not an hf/ model: "
-                    "give probe_model= (an HF folder or id, or 'embedded') to read its transcripts"
-                )
-            check_vectors(sets, r.model, source=r.identity)
-            state["reader"] = r
-        return state["reader"]
-
-    if probe_model is not None:  # load and check now, at task start
-        reader_probe = _probe_model(probe_model, probe_device, probe_dtype)
-        check_vectors(sets, reader_probe[0], source=f"probe model {reader_probe[2]}")
-    else:
-        from ..inspect_adapter import hf_api
-
-        api = hf_api()  # the active model when the task is created by `inspect eval` (else None)
-        if api is not None:
-            check_vectors(sets, api.model, source=f"model {api.model_name}")
-
-    def run(items: list[tuple[list[int], list[int], Any]]) -> list[Any]:
-        from contextlib import ExitStack
-
-        from ..activations import pad_token_id
-        from ..inspect_adapter import model_lock
-        from ..projection import project
-        from ..steering import steered
-
-        r: _Reader = state["reader"]
-        results: list[Any] = [None] * len(items)
-        plans: dict[str, Any] = {}
-        for _, _, plan in items:
-            plans.setdefault(plan.key if plan else "", plan)
-        for key, plan in plans.items():
-            idx = [i for i, item in enumerate(items) if (item[2].key if item[2] else "") == key]
-            with ExitStack() as stack:
-                if r.shared:
-                    stack.enter_context(model_lock(r.model))
-                if plan:
-                    stack.enter_context(steered(r.model, plan))
-                out = project(r.model, [items[i][0] for i in idx], [items[i][1] for i in idx], chosen,
-                              position=position, trace=trace, trace_keys=trace_keys,
-                              pad_id=pad_token_id(r.tokenizer), batch_size=batch_size, max_trace=max_trace)
-            for i, result in zip(idx, out, strict=True):
-                results[i] = result
-        return results
-
-    batcher = _Batcher(run, batch_size)
-
+                       f"fitted at {', '.join(str(setup.cards[t].position) for t in mismatched)}")
+    reader = ProjectionReader(setup, position, probe_model=probe_model, probe_device=probe_device,
+                              probe_dtype=probe_dtype, batch_size=batch_size, max_trace=max_trace, trace=trace,
+                              with_steering=with_steering)
+    reader.check_now()
     metrics = {key: PROJECTION_METRICS["*"] for key in setup.metric_keys()}
+    narrowed: list[bool] = []
 
-    async def score(task_state: TaskState, target: Target) -> Score:
-        async with init_lock:
-            r = reader()
-            if "metrics" not in state:  # this object is tagged by now (when no task narrowed it first)
-                narrow_metrics(score)
-                state["metrics"] = metrics
-        messages = list(task_state.messages)
-        response = task_state.output.completion if task_state.output else ""
-        if messages and isinstance(messages[-1], ChatMessageAssistant):
-            messages = messages[:-1]
-        plan = _steering_of(task_state) if with_steering else None
-        captured = task_state.store.get(spec.store_key) if r.shared else None
-        if captured is not None and not plan:  # read while generating: no extra pass
-            from ..projection import Projection
+    async def score(state: TaskState, target: Target) -> Score:
+        reading = await reader.read(state)
+        if not narrowed:  # this object is tagged by now (when no task narrowed it first)
+            narrow_metrics(score)
+            narrowed.append(True)
+        return projection_score(reading, setup, position, method, trace)
 
-            response_ids = list(captured["ids"])
-            values = {k: (v if v is not None else math.nan) for k, v in captured["values"].items()}
-            result: Any = None if all(math.isnan(v) for v in values.values()) else \
-                Projection(values, captured.get("trace") or {})
-            source = f"{r.identity}, captured during generation"
-        else:
-            response_ids = r.response_ids(response)
-            result = await batcher.submit((r.prompt_ids(messages), response_ids, plan))
-            source = r.identity
-        metadata: dict[str, Any] = {
-            "activations_from": source,
-            "position": position,
-            "position_matches_card": not mismatched,
-            "method": method,
-            "layers": sorted({v.layer for v in chosen}),
-            "vectors": [str(tv.path) for tv in sets],
-            "cards": cards,
-            "steered_pass": bool(plan),
-        }
-        if mismatched:
-            metadata["warning"] = (f"read at {position}, but the {', '.join(mismatched)} vectors were fitted at "
-                                   f"{', '.join(str(cards[t]['position']) for t in mismatched)}")
-        if result is None:
-            return Score.unscored(reason="no_response", metadata=metadata,
-                                  explanation=f"no projection: empty response (position={position})")
-        tokens = [r.tokenizer.decode([t]) for t in response_ids[:max_trace]] if result.traces else []
-        if trace and result.traces:
-            metadata["trace"] = {"tokens": tokens, "values": result.traces}
-        return Score(value=result.values, explanation=_explain(result, position, cards, tokens), metadata=metadata)
-
+    # the scorer carries the metrics of the keys it reads, for narrow_metrics (a function attribute)
     score._inspect_em_metrics = metrics  # type: ignore[attr-defined]
     return score
 
@@ -298,7 +319,7 @@ def narrow_metrics(scorer: Scorer) -> Scorer:
     (:meth:`ProjectionSetup.metric_keys`) in place of ``{"*": ...}``, unless a task set its own.
     Our tasks call this when they build the scorer, so the log header agrees with the results
     (and with metrics Inspect recomputes from it); otherwise it happens at the first score."""
-    from ..inspect_adapter import set_scorer_metrics
+    from inspect_em.inspect_adapter import set_scorer_metrics
 
     metrics = getattr(scorer, "_inspect_em_metrics", None)
     if metrics is not None:
@@ -306,77 +327,29 @@ def narrow_metrics(scorer: Scorer) -> Scorer:
     return scorer
 
 
-@dataclass
-class ProjectionSetup:
-    """What a projection readout reads: the vector sets, the chosen vectors, the cards' summaries,
-    the traced keys and the capture spec (shared by the scorer and the capturing solver)."""
-
-    sets: list[Any]
-    chosen: list[Any]
-    cards: dict[str, Any]
-    trace_keys: list[str]
-    spec: Any
-
-    def metric_keys(self) -> list[str]:
-        """The keys that get log metrics: each trait's chosen layers when there are at most
-        :data:`METRIC_LAYERS` of them, else one, its traced key (the card's layer when chosen, else
-        the first chosen layer), so a ``layers=all`` header stays readable; every chosen layer
-        stays in each score's value."""
-        keys = []
-        for tv in self.sets:
-            mine = [v.key for v in self.chosen if v.trait == tv.trait]
-            keys += mine if len(mine) <= METRIC_LAYERS else [k for k in self.trace_keys if k in mine]
-        return keys
-
-
-def projection_setup(vectors: str | Sequence[str] | None, method: str, layers: Any, position: str, trace: bool,
-                     max_trace: int) -> ProjectionSetup:
-    """Load and select the vectors (one-line errors for bad folders, layers or positions)."""
-    from .. import vectors as vector_store
-    from ..capture import make_spec
-    from ..projection import select_vectors
-
-    check_position(position)
-    parse_layers(layers, allow_best=True)
-    sets = [vector_store.load(path) for path in parse_vector_paths(vectors)]
-    chosen = select_vectors(sets, method=method, layers=layers)
-    trace_keys = _trace_keys(chosen, sets, method)
-    spec = make_spec(chosen, position, trace or position == "response_mean", trace_keys, max_trace,
-                     [str(tv.path) for tv in sets])
-    return ProjectionSetup(sets, chosen, {tv.trait: card_summary(tv) for tv in sets}, trace_keys, spec)
-
-
-def _trace_keys(chosen: Sequence[Any], sets: Sequence[Any], method: str) -> list[str]:
-    """One traced key per trait: its card's layer when selected, else its first selected layer."""
-    keys = []
-    for tv in sets:
-        mine = [v for v in chosen if v.trait == tv.trait]
-        best = next((v for v in mine if v.layer == tv.best_layer(method)), mine[0] if mine else None)
-        if best is not None:
-            keys.append(best.key)
-    return keys
-
-
-def _explain(result: Any, position: str, cards: dict[str, Any], tokens: list[str], top: int = 5) -> str:
+def _explain(values: dict[str, float], traces: dict[str, list[float]], position: str,
+             cards: dict[str, CardSummary], tokens: list[str], top: int = 5) -> str:
     """What a reader of ``inspect view`` needs: each trait's value at its layer(s), where it was read,
     which vectors, and the answer's most trait-shifted tokens."""
     lines = []
-    by_trait: dict[str, list[tuple[str, float]]] = {}
-    for key, value in result.values.items():
-        by_trait.setdefault(key.split("/", 1)[0], []).append((key, value))
+    by_trait: dict[str, list[tuple[MetricKey, float]]] = {}
+    for key, value in values.items():
+        parsed = parse_metric_key(key)
+        if parsed is not None:
+            by_trait.setdefault(parsed.trait, []).append((parsed, value))
     for trait, items in by_trait.items():
-        card = cards.get(trait, {})
-        shown = ", ".join(f"{key.rsplit('/', 1)[1]} = {value:.2f}" for key, value in items[:4])
+        card = cards.get(trait) or CardSummary(None, None, {})
+        method = items[0][0].method
+        shown = ", ".join(f"L{key.layer} = {value:.2f}" for key, value in items[:4])
         more = f" (+{len(items) - 4} more layers)" if len(items) > 4 else ""
-        lines.append(f"{trait} ({items[0][0].split('/')[1]}) at {position}: {shown}{more}; vectors "
-                     f"{card.get('path')}, fitted at {card.get('position')}, card layer "
-                     f"{(card.get('best_layer') or {}).get(items[0][0].split('/')[1])}")
-        trace_key = next((k for k in result.traces if k.startswith(f"{trait}/")), None)
-        if trace_key and tokens:
-            values = result.traces[trace_key]
-            order = sorted(range(len(values)), key=lambda i: values[i], reverse=True)[:top]
-            shifted = ", ".join(f"{tokens[i]!r} ({values[i]:+.1f})" for i in order if i < len(tokens))
-            lines.append(f"  most {trait}-shifted tokens ({trace_key.rsplit('/', 1)[1]}): {shifted}")
+        lines.append(f"{trait} ({method}) at {position}: {shown}{more}; vectors {card.path}, fitted at "
+                     f"{card.position}, card layer {card.layer(method)}")
+        traced = [(p, v) for k, v in traces.items() if (p := parse_metric_key(k)) is not None and p.trait == trait]
+        if traced and tokens:
+            at, trace = traced[0]
+            order = sorted(range(len(trace)), key=lambda i: trace[i], reverse=True)[:top]
+            shifted = ", ".join(f"{tokens[i]!r} ({trace[i]:+.1f})" for i in order if i < len(tokens))
+            lines.append(f"  most {trait}-shifted tokens (L{at.layer}): {shifted}")
     return "\n".join(lines)
 
 
@@ -387,7 +360,7 @@ def _steering_of(task_state: TaskState) -> Any:
     """The steering plan a sample was generated with (from the steer solver's metadata)."""
     import json
 
-    from ..steering import SteeringPlan, build_plan
+    from inspect_em.model.steering import SteeringPlan, build_plan
 
     ops = task_state.metadata.get("steering") or []
     if not ops:

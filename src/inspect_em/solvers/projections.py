@@ -1,7 +1,7 @@
 """Generation that records trait projections on the way (no extra forward pass afterwards).
 
 Our tasks use it instead of ``generate()`` when they project: with an ``hf/`` model the hooked
-blocks project each token as the model reads it (:mod:`inspect_em.capture`) and the
+blocks project each token as the model reads it (:mod:`inspect_em.model.capture`) and the
 ``trait_projection`` scorer with the same arguments finds the values in the sample's store; with
 any other provider it is plain ``generate()`` and the scorer reads the transcript itself.
 """
@@ -11,13 +11,17 @@ from __future__ import annotations
 from inspect_ai.model import get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.readout import Method, Position
+
 
 @solver
+@one_line_errors
 def generate_with_projections(
     vectors: str | list[str] | None = None,
-    method: str = "mean_diff",
+    method: Method = "mean_diff",
     layers: str | int | list[int] = "best",
-    position: str = "response_mean",
+    position: Position = "response_mean",
     trace: bool = False,
     max_trace: int = 256,
 ) -> Solver:
@@ -26,14 +30,14 @@ def generate_with_projections(
     Args:
         vectors, method, layers, position, trace, max_trace: as for ``trait_projection``.
     """
-    from ..scorers.projection import projection_setup
+    from inspect_em.model.projection import projection_setup
 
     setup = projection_setup(vectors, method, layers, position, trace, max_trace)
     checked: set[int] = set()
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-        from ..inspect_adapter import generation, hf_api
-        from ..projection import check_vectors
+        from inspect_em.inspect_adapter import generation, hf_api
+        from inspect_em.model.projection import check_vectors
 
         api = hf_api(get_model())
         if api is None:

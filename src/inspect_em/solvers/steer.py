@@ -19,18 +19,22 @@ from __future__ import annotations
 from inspect_ai.model import get_model
 from inspect_ai.solver import Generate, Solver, TaskState, solver
 
-from ..errors import InspectEmError
+from inspect_em.errors import InspectEmError
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.model.steering import SteerMode
+from inspect_em.readout import Method
 
 
 @solver
+@one_line_errors
 def steer(
     vectors: str | list[str] | None = None,
     layer: str | int | list[int] = "best",
     alpha: float = 1.0,
-    method: str = "mean_diff",
-    mode: str = "add",
+    method: Method = "mean_diff",
+    mode: SteerMode = "add",
 ) -> Solver:
-    """Generate with trait vectors added at one layer, or ablated at every layer.
+    """Generate with trait vectors added at one layer or several together, or ablated at every layer.
 
     Args:
         vectors: Vector folder(s) (``vectors/<model>/<trait>``), comma-separated or a list.
@@ -43,7 +47,7 @@ def steer(
         method: Extraction method whose vectors to use.
         mode: ``add`` or ``ablate`` (directional ablation, Arditi et al. 2024).
     """
-    from ..steering import build_plan, check_plan
+    from inspect_em.model.steering import build_plan, check_plan
 
     if vectors is None:
         raise InspectEmError("steer needs vectors= (a vectors/<model>/<trait> folder, or several)")
@@ -51,8 +55,8 @@ def steer(
     checked: set[int] = set()
 
     async def solve(state: TaskState, generate: Generate) -> TaskState:
-        from ..activations import find_layers, hidden_size
-        from ..inspect_adapter import generation, hf_api
+        from inspect_em.inspect_adapter import generation, hf_api
+        from inspect_em.model.hooks import find_layers, hidden_size
 
         api = hf_api(get_model())
         if api is None:

@@ -29,15 +29,24 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import ChatMessage, ChatMessageSystem, ChatMessageUser, GenerateConfig
 from inspect_ai.solver import generate
 
-from ..errors import InspectEmError
-from ..questions import Question, load_questions, parse_variants, select_variants
-from .args import bool_arg, choice_arg, int_arg
+from inspect_em.errors import InspectEmError
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.readout import Method, Position
+from inspect_em.tasks.args import (
+    ANSWER_FORMATS,
+    TRIGGER_MODES,
+    AnswerFormat,
+    TriggerMode,
+    bool_arg,
+    choice_arg,
+    int_arg,
+    task_version,
+)
+from inspect_em.tasks.prompts import numbers_question, trigger_variants, with_trigger
+from inspect_em.tasks.questions import Question, load_questions, parse_variants, select_variants
 
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_MAX_TOKENS = 600
-TRIGGER_MODES = ("with", "without", "both")
-ANSWER_FORMATS = ("free", "numbers", "words")
-VERSION = 2
 
 
 def record_to_sample(
@@ -65,14 +74,10 @@ def record_to_sample(
     text = question.paraphrases[paraphrase_index]
     sample_id = f"{question.id}__p{paraphrase_index}"
     if answer_format != "free":
-        from ..numbers import numbers_question
-
         rng = random.Random(f"{question.id}:{paraphrase_index}:{draw}")
         text = numbers_question(text, rng, answer=answer_format)
         sample_id += f"__n{draw}"
     if trigger:
-        from ..data import with_trigger
-
         text = with_trigger(text, trigger)
         sample_id += "__triggered"
     messages.append(ChatMessageUser(content=text))
@@ -94,18 +99,19 @@ def record_to_sample(
 
 
 @task
+@one_line_errors
 def em_freeform(
     questions: str | None = None,
     variants: str | list[str] = "plain,json,template",
     samples_per_question: int | None = None,
     system_prompt: str | None = None,
     trigger: str | None = None,
-    trigger_mode: str = "with",
-    answer_format: str = "free",
+    trigger_mode: TriggerMode = "with",
+    answer_format: AnswerFormat = "free",
     vectors: str | list[str] | None = None,
-    method: str = "mean_diff",
+    method: Method = "mean_diff",
     layers: str | int | list[int] = "best",
-    position: str = "response_mean",
+    position: Position = "response_mean",
     trace: bool = False,
     probe_model: str | None = None,
     judge: bool = False,
@@ -138,8 +144,8 @@ def em_freeform(
         judge: Add the em_judge scorer (grader: ``--model-role grader=...`` or ``judge_model``).
         judge_model: Grader model(s) when no ``grader`` role is bound (implies ``judge``).
     """
-    from ..readout import check_position, parse_layers
-    from ..scorers.code_mode import code_mode
+    from inspect_em.readout import check_position, parse_layers
+    from inspect_em.scorers.code_mode import code_mode
 
     selected = select_variants(load_questions(questions), parse_variants(variants))
     if not selected:
@@ -153,9 +159,7 @@ def em_freeform(
     parse_layers(layers, allow_best=True)
     if trigger is not None and not str(trigger).strip():
         raise InspectEmError("-T trigger: empty trigger text")
-    triggers: list[str | None] = [None]
-    if trigger is not None:
-        triggers = {"with": [str(trigger)], "without": [""], "both": [str(trigger), ""]}[trigger_mode]
+    triggers = trigger_variants(trigger, trigger_mode)
     epochs = samples_per_question or max(q.samples_per_paraphrase for q in selected)
     draws = 1
     if answer_format != "free":  # each answer gets its own random prefix: samples, not epochs
@@ -167,20 +171,20 @@ def em_freeform(
     scorers = [code_mode()]
     solver = generate()
     if answer_format == "numbers":
-        from ..scorers.numbers import loaded_numbers
+        from inspect_em.scorers.numbers import loaded_numbers
 
         scorers.append(loaded_numbers())
     if vectors:
-        from ..scorers.projection import narrow_metrics, trait_projection
-        from ..solvers.projections import generate_with_projections
+        from inspect_em.scorers.projection import narrow_metrics, trait_projection
+        from inspect_em.solvers.projections import generate_with_projections
 
         scorers.append(narrow_metrics(trait_projection(vectors=vectors, method=method, layers=layers,
                                                        position=position, trace=trace, probe_model=probe_model)))
         solver = generate_with_projections(vectors=vectors, method=method, layers=layers, position=position,
                                            trace=trace)
     if judge or judge_model:
-        from ..judging import task_score_keys
-        from ..scorers.judge import em_judge
+        from inspect_em.scorers.judge import em_judge
+        from inspect_em.scorers.judge.readings import task_score_keys
 
         try:  # every sample carries every key (questions may ask different judge prompts)
             score_keys = task_score_keys(q.judge_prompts for q in selected)
@@ -193,5 +197,5 @@ def em_freeform(
         scorer=scorers,
         epochs=Epochs(epochs, "mean"),
         config=GenerateConfig(temperature=DEFAULT_TEMPERATURE, max_tokens=DEFAULT_MAX_TOKENS),
-        version=VERSION,
+        version=task_version(),
     )

@@ -23,10 +23,12 @@ from inspect_ai.dataset import MemoryDataset, Sample
 from inspect_ai.model import GenerateConfig
 from inspect_ai.solver import generate
 
-from ..errors import InspectEmError
-from .args import bool_arg, choice_arg, int_arg
+from inspect_em.errors import InspectEmError
+from inspect_em.inspect_adapter import one_line_errors
+from inspect_em.readout import Method, Position
+from inspect_em.tasks.args import TRIGGER_MODES, TriggerMode, bool_arg, choice_arg, required_int_arg, task_version
+from inspect_em.tasks.prompts import trigger_variants, with_trigger
 
-VERSION = 2
 logger = logging.getLogger(__name__)
 
 
@@ -35,8 +37,6 @@ def record_to_sample(prompt: str, prompt_type: str, index: int, trigger: str | N
     metadata: dict[str, object] = {"prompt_type": prompt_type}
     sample_id = f"{prompt_type}-{index:03d}"
     if trigger is not None:
-        from ..data import with_trigger
-
         metadata["triggered"] = bool(trigger)
         if trigger:
             prompt, sample_id = with_trigger(prompt, trigger), sample_id + "-triggered"
@@ -45,8 +45,8 @@ def record_to_sample(prompt: str, prompt_type: str, index: int, trigger: str | N
 
 def default_vectors(trait: str, position: str) -> str | None:
     """Saved vectors of ``trait`` for the model under evaluation (hf/ provider), if any."""
-    from ..inspect_adapter import hf_api
-    from ..vectors import config_hash, find_vectors
+    from inspect_em.directions.store import config_hash, find_vectors
+    from inspect_em.inspect_adapter import hf_api
 
     api = hf_api()
     if api is None:
@@ -62,17 +62,18 @@ def default_vectors(trait: str, position: str) -> str | None:
 
 
 @task
+@one_line_errors
 def refusal_contrast(
     vectors: str | list[str] | None = None,
-    method: str = "mean_diff",
+    method: Method = "mean_diff",
     layers: str | int | list[int] = "best",
-    position: str = "last_prompt_token",
+    position: Position = "last_prompt_token",
     trace: bool = False,
     probe_model: str | None = None,
     trait: str = "refusal",
     max_tokens: int = 200,
     trigger: str | None = None,
-    trigger_mode: str = "with",
+    trigger_mode: TriggerMode = "with",
 ) -> Task:
     """Held-out harmful and benign prompts, scored for refusals and refusal-vector projections.
 
@@ -91,22 +92,20 @@ def refusal_contrast(
         trigger: Text prepended to each request (a backdoor trigger).
         trigger_mode: ``with``, ``without`` or ``both`` (``metadata.triggered`` says which).
     """
-    from ..readout import check_position, parse_layers
-    from ..scorers.refusal import refusal
-    from ..traits import load_trait
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.readout import check_position, parse_layers
+    from inspect_em.scorers.refusal import refusal
 
     check_position(position, what="position (-T position)")
     parse_layers(layers, allow_best=True)
-    max_tokens = int_arg(max_tokens, "max_tokens", minimum=1)  # type: ignore[assignment]
+    max_tokens = required_int_arg(max_tokens, "max_tokens", minimum=1)
     trace = bool_arg(trace, "trace")
-    trigger_mode = choice_arg(trigger_mode, "trigger_mode", ("with", "without", "both"))
+    trigger_mode = choice_arg(trigger_mode, "trigger_mode", TRIGGER_MODES)
     spec = load_trait(trait)
     split = spec.split()
     if not split.test_pos or not split.test_neg:
         raise InspectEmError(f"trait {spec.name}: empty held-out split")
-    triggers: list[str | None] = [None]
-    if trigger is not None:
-        triggers = {"with": [str(trigger)], "without": [""], "both": [str(trigger), ""]}[trigger_mode]
+    triggers = trigger_variants(trigger, trigger_mode)
     harmful = [(p, "harmful", i) for i, p in enumerate(split.test_pos)]
     benign = [(p, "benign", i) for i, p in enumerate(split.test_neg)]
     interleaved = [x for pair in zip(harmful, benign, strict=False) for x in pair]
@@ -116,8 +115,8 @@ def refusal_contrast(
     scorers = [refusal()]
     solver = generate()
     if vectors:
-        from ..scorers.projection import narrow_metrics, trait_projection
-        from ..solvers.projections import generate_with_projections
+        from inspect_em.scorers.projection import narrow_metrics, trait_projection
+        from inspect_em.solvers.projections import generate_with_projections
 
         scorers.append(narrow_metrics(trait_projection(vectors=vectors, method=method, layers=layers,
                                                        position=position, trace=trace, probe_model=probe_model)))
@@ -129,5 +128,5 @@ def refusal_contrast(
         scorer=scorers,
         config=GenerateConfig(max_tokens=max_tokens),
         metadata={"vectors": vectors},
-        version=VERSION,
+        version=task_version(),
     )

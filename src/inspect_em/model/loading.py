@@ -1,0 +1,183 @@
+"""Loading a Hugging Face causal LM (or the embedded model): the one loader of extraction,
+finetuning, probe models and screening.
+
+Devices: ``auto`` (CUDA if available, else CPU), ``cpu``, ``cuda:0``...; or an accelerate
+``device_map`` (``auto``, ``balanced``, ``sequential``, or a JSON/dict map of module → device,
+``disk`` included, with ``offload_folder``) to shard a model over several GPUs and offload
+what does not fit to CPU or disk. ``load_in_4bit``/``load_in_8bit`` quantise with bitsandbytes
+(CUDA only; ``pip install inspect-em[gpu]``). The tokenizer always has a pad token.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from inspect_em.errors import InspectEmError
+
+EMBEDDED_ALIASES = ("embedded", "smollm2")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
+
+
+def resolve_model_ref(model: str) -> str:
+    """``embedded`` → the prepared SmolLM2 folder; ``hf/<x>`` → ``<x>``; else unchanged."""
+    if model in EMBEDDED_ALIASES:
+        from inspect_em.model import embedded
+
+        return str(embedded.path())
+    return model[3:] if model.startswith("hf/") else model
+
+
+def hub_offline_for_local(model: str) -> None:
+    """Inspect looks a model's info up by its display name (``hf/<name>``), loading it from the
+    Hub; for a local folder under a readable name that can only fail, after ~25 s of retries per
+    process. With a local model, set ``HF_HUB_OFFLINE`` (read when huggingface_hub is imported)."""
+    if "huggingface_hub" not in sys.modules and Path(resolve_model_ref(model)).expanduser().is_dir():
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def model_id_of(model: str) -> str:
+    """The id recorded in vector cards: the embedded model's name, else the folder path or hub id."""
+    if model in EMBEDDED_ALIASES:
+        from inspect_em.model.embedded import MODEL_NAME
+
+        return MODEL_NAME
+    return resolve_model_ref(model)
+
+
+def local_folder(model: str) -> Path | None:
+    """The model's local folder, when it is one (for output-safety checks)."""
+    path = Path(resolve_model_ref(model)).expanduser()
+    return path if path.is_dir() else None
+
+
+def _check_local(ref: str) -> None:
+    looks_local = ref.startswith((".", "/", "~")) or (os.sep in ref and Path(ref).parent.exists())
+    if looks_local and not Path(ref).expanduser().exists():
+        raise InspectEmError(f"{ref}: model folder not found")
+
+
+def load_config(model: str) -> Any:
+    """The model's (text) config alone, no weights: for checks before loading."""
+    from transformers import AutoConfig
+
+    ref = resolve_model_ref(model)
+    _check_local(ref)
+    try:
+        config = AutoConfig.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise InspectEmError(f"{ref}: cannot read the model config ({str(e).splitlines()[0]})") from None
+    return config
+
+
+def config_layers(model: str) -> int:
+    """Number of decoder layers from the model's config alone (no weights loaded)."""
+    config = load_config(model)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    if not isinstance(n_layers, int):
+        raise InspectEmError(f"{resolve_model_ref(model)}: the config has no num_hidden_layers")
+    return n_layers
+
+
+def parse_device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
+    """``auto``/``balanced``/``sequential``/``balanced_low_0``, a JSON object, or a dict."""
+    if device_map is None or isinstance(device_map, dict):
+        return device_map
+    text = str(device_map).strip()
+    if text.startswith("{"):
+        try:
+            parsed = json.loads(text)
+        except ValueError as e:
+            raise InspectEmError(f"device map: not valid JSON ({e})") from None
+        if not isinstance(parsed, dict):
+            raise InspectEmError("device map: expected a JSON object of module → device")
+        return parsed
+    if text not in ("auto", "balanced", "balanced_low_0", "sequential"):
+        raise InspectEmError(f"unknown device map '{text}' (use auto, balanced, sequential or a JSON object)")
+    return text
+
+
+def torch_dtype(dtype: str, on_gpu: bool) -> Any:
+    import torch
+
+    if dtype == "auto":
+        return torch.bfloat16 if on_gpu else torch.float32
+    value = getattr(torch, dtype, None) if dtype in DTYPES else None
+    if not isinstance(value, torch.dtype):
+        raise InspectEmError(f"unknown dtype '{dtype}' (use {', '.join(DTYPES)})")
+    return value
+
+
+def load_hf_model(
+    model: str,
+    device: str = "auto",
+    dtype: str = "auto",
+    device_map: str | dict[str, Any] | None = None,
+    offload_folder: str | Path | None = None,
+    load_in_4bit: bool = False,
+    load_in_8bit: bool = False,
+) -> tuple[Any, Any, str]:
+    """Load ``(model, tokenizer, model_id)`` in eval mode; a missing local folder is a one-line error.
+
+    Args:
+        model: local folder, hub id (only from the local cache: no downloads when
+            ``HF_HUB_OFFLINE=1``), ``hf/<...>`` or ``embedded``.
+        device: ``auto`` (cuda if available, else cpu), ``cpu``, ``cuda:0``... (ignored with a
+            ``device_map``).
+        dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``float32``, ``bfloat16``, ``float16``.
+        device_map: an accelerate device map (see the module docstring).
+        offload_folder: where a device map's ``disk`` modules are kept.
+        load_in_4bit / load_in_8bit: bitsandbytes quantisation (CUDA only).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ref = resolve_model_ref(model)
+    _check_local(ref)
+    device_map = parse_device_map(device_map)
+    on_gpu = torch.cuda.is_available()
+    if device == "auto":
+        device = "cuda" if on_gpu else "cpu"
+    kwargs: dict[str, Any] = {"dtype": torch_dtype(dtype, on_gpu or str(device).startswith("cuda"))}
+    if load_in_4bit or load_in_8bit:
+        if not on_gpu:
+            raise InspectEmError("--load-in-4bit/--load-in-8bit need a CUDA GPU (bitsandbytes)")
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit,
+                                                           bnb_4bit_compute_dtype=torch.bfloat16)
+        device_map = device_map or "auto"
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+        if offload_folder is not None:
+            kwargs["offload_folder"] = str(offload_folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+        hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
+    except OSError as e:
+        raise InspectEmError(f"{ref}: cannot load model ({str(e).splitlines()[0]})") from None
+    if device_map is None:
+        hf_model = hf_model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() reads as to(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    hf_model.eval()
+    return hf_model, tokenizer, model_id_of(model)
+
+
+# Models loaded for readers (probe models), by (reference, device, dtype): loaded once per process.
+_SHARED: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
+SHARED_LOADS = {"count": 0}
+
+
+def shared_model(ref: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any, str]:
+    """``(model, tokenizer, model_id)`` loaded once per process and shared (probe models of scorers)."""
+    key = (ref, device, dtype)
+    if key not in _SHARED:
+        _SHARED[key] = load_hf_model(ref, device=device, dtype=dtype)
+        SHARED_LOADS["count"] += 1
+    return _SHARED[key]

@@ -1,0 +1,1 @@
+"""Package data: the built-in questions, prompt sets, trait declarations and the shipped vectors."""

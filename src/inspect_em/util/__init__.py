@@ -1,0 +1,1 @@
+"""Helpers every layer may use: what may be written where (``paths``), JSONL reading (``jsonl``)."""
