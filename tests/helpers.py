@@ -1,9 +1,13 @@
-"""Test helpers: scripted mockllm models that never touch the network."""
+"""Test helpers: scripted mockllm models that never touch the network; the CLI in a fresh process."""
 
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 from inspect_ai.model import Logprob, Logprobs, Model, ModelOutput, ModelUsage, TopLogprob, get_model
 
@@ -46,3 +50,18 @@ def token_logprobs_output(positions: list[list[tuple[str, float]]], text: str | 
 def logprob_output(top: list[tuple[str, float]]) -> ModelOutput:
     """A mockllm reply whose first (and only) token carries ``top`` as (token, probability) pairs."""
     return token_logprobs_output([top])
+
+
+def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``inspect-em ARGS`` in a fresh process (the package the interpreter imports)."""
+    return subprocess.run([sys.executable, "-m", "inspect_em.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env={**os.environ, **({"PWD": str(cwd)} if cwd else {}), **(env or {})})
+
+
+def one_line(proc: subprocess.CompletedProcess, *parts: str) -> None:
+    """The command failed with exit 2 and one ``error:`` line holding every part."""
+    assert proc.returncode == 2, proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    for part in parts:
+        assert part in lines[0], lines[0]

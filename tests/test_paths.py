@@ -12,23 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli, one_line
 
 from inspect_em.directions.traits import load_trait
 from inspect_em.errors import InspectEmError
-from inspect_em.util.paths import MARKER, atomic_output, check_name, check_output, sweep_stale
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inspect_em.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env={**os.environ, **({"PWD": str(cwd)} if cwd else {})})
-
-
-def one_line(proc: subprocess.CompletedProcess, *parts: str) -> None:
-    assert proc.returncode == 2, proc.stderr + proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for part in parts:
-        assert part in lines[0], lines[0]
+from inspect_em.util.paths import MARKER, TMP_MARKER, atomic_output, check_name, check_output, sweep_stale
 
 
 def _tiny_trait(folder: Path, name: str = "toy") -> Path:
@@ -153,13 +141,16 @@ def test_sigterm_during_finetune_leaves_no_temporary(embedded_model_path: Path, 
 def test_stale_temporaries_of_dead_processes_are_swept(tmp_path: Path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)
-    stale = tmp_path / f".out.tmp-{pid}-abc"
+    stale = tmp_path / f".out.tmp-{pid}-abc"  # ours: every temporary of ours holds TMP_MARKER
     (stale / "merged").mkdir(parents=True)
     (stale / "merged" / "model.safetensors").write_bytes(b"x" * 100)
+    (stale / TMP_MARKER).write_text("{}")
     alive = tmp_path / f".out.tmp-{os.getpid()}-def"
     alive.mkdir()
+    (alive / TMP_MARKER).write_text("{}")
     other = tmp_path / f".other.tmp-{pid}-ghi"
     other.mkdir()
+    (other / TMP_MARKER).write_text("{}")
     user = tmp_path / ".out.tmp-notes"
     user.mkdir()
     with atomic_output(tmp_path / "out", command="test", config={}) as tmp:

@@ -68,11 +68,13 @@ def model_path() -> None:
               show_default=True)
 @click.option("--load-in-4bit", is_flag=True, help="bitsandbytes 4-bit weights (CUDA).")
 @click.option("--load-in-8bit", is_flag=True, help="bitsandbytes 8-bit weights (CUDA).")
+@click.option("--truncate-prompts", is_flag=True,
+              help="Cut prompts longer than the model's context to fit (default: refuse them, naming the first).")
 @click.option("--force", is_flag=True, help="Replace an earlier extraction in --out made with other settings.")
 def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position: str | None, out: Path | None,
                 batch_size: int, null_k: int, random_k: int, cv_folds: int, jobs: int, device: str,
                 device_map: str | None, offload_folder: Path | None, dtype: str, load_in_4bit: bool,
-                load_in_8bit: bool, force: bool) -> None:
+                load_in_8bit: bool, truncate_prompts: bool, force: bool) -> None:
     """Extract trait vectors (six methods x every layer) with CV layer choice, held-out and OOD
     tests, and permutation / random-direction nulls."""
     from rich.console import Console
@@ -81,9 +83,17 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
     from inspect_em.directions.methods import resolve_methods
     from inspect_em.directions.store import config_hash, model_slug, save
     from inspect_em.directions.traits import load_trait
-    from inspect_em.model.loading import load_config, load_hf_model, local_folder, model_id_of, parse_device_map
+    from inspect_em.model.loading import (
+        load_config,
+        load_hf_model,
+        load_tokenizer,
+        local_folder,
+        model_id_of,
+        parse_device_map,
+        text_config,
+    )
     from inspect_em.readout import check_position, resolve_layers
-    from inspect_em.runs.extract import extract_trait_vectors, extraction_settings
+    from inspect_em.runs.extract import extract_trait_vectors, extraction_settings, prompts_in_context
     from inspect_em.util.paths import check_output
 
     # everything checkable is checked before (possibly tens of GB of) weights load
@@ -93,21 +103,21 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
     position = check_position(position or spec.position)
     parse_device_map(device_map)
     config = load_config(model_ref)
-    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    selected = resolve_layers(int(getattr(text_config, "num_hidden_layers", 0) or 0), layers)
+    selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
     model_id = model_id_of(model_ref)
     folder_name = spec.name if position == spec.position else f"{spec.name}.{position}"
     out = out or Path("vectors") / model_slug(model_id) / folder_name
     settings = extraction_settings(model_id, config_hash(config), spec, method_names, selected, position, null_k,
-                                   random_k, cv_folds, 0)
+                                   random_k, cv_folds, 0, truncate_prompts)
     inputs = [p for p in [local_folder(model_ref), *spec.prompt_files()] if p is not None]
     check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
+    prompts_in_context(load_tokenizer(model_ref), config, spec, spec.split().groups(), position, truncate_prompts)
     model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype, device_map=device_map,
                                                offload_folder=offload_folder, load_in_4bit=load_in_4bit,
                                                load_in_8bit=load_in_8bit)
     tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=method_names, layers=selected,
                                position=position, batch_size=batch_size, null_k=null_k, random_k=random_k,
-                               cv_folds=cv_folds)
+                               cv_folds=cv_folds, truncate_prompts=truncate_prompts)
     folder = save(tv, out, force=force, inputs=inputs)
     table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} at {position} "
                         f"(layer chosen by CV on the fit split)")
@@ -366,13 +376,13 @@ def screen_cmd(data: Path, model_ref: str, vector_dirs: str, out: Path | None, t
     base model's own answer (persona_vectors' projection difference); ranked CSV, histogram, summary."""
     from inspect_em.directions import store as vector_store
     from inspect_em.directions.store import parse_vector_paths
-    from inspect_em.model.loading import load_hf_model
-    from inspect_em.runs.finetune import read_chat_jsonl
-    from inspect_em.runs.screening import screen, write_screen
+    from inspect_em.model.loading import check_vectors_fit, load_hf_model
+    from inspect_em.runs.screening import screen, screening_chats, write_screen
     from inspect_em.util.paths import check_output
 
-    read_chat_jsonl(data)
+    screening_chats(data, limit)
     sets = [vector_store.load(p) for p in parse_vector_paths(vector_dirs)]
+    check_vectors_fit(sets, model_ref)
     out = out or data.with_name(f"{data.stem}-screen")
     config = {"data": str(data), "model": model_ref, "vectors": vector_dirs, "limit": limit,
               "max_new_tokens": max_new_tokens}

@@ -65,6 +65,7 @@ class LogInfo:
     superseded: bool = False
     errored_samples: int = 0
     label: str = ""
+    eval_id: str = ""
 
 
 @dataclass
@@ -94,7 +95,7 @@ def _header(path: str, argument: str) -> LogInfo:
     return LogInfo(path=path, argument=argument, status=str(log.status), task=task_name(log.eval.task),
                    model=str(log.eval.model), model_path=model_args.get("model_path"), signature=signature,
                    error=log.error.message.splitlines()[0][:120] if log.error and log.error.message else None,
-                   steering=_steering_label(steer) if steer is not None else None)
+                   steering=_steering_label(steer) if steer is not None else None, eval_id=str(log.eval.eval_id))
 
 
 def _steering_label(params: dict[str, Any]) -> str:
@@ -160,9 +161,21 @@ def read_logs(
             info.label = check_name(labels[i], "label") if labels is not None else \
                 short_model(info.model, info.model_path) + (f".{info.steering}" if info.steering else "")
             infos.append(info)
+    _check_copies(infos)
     _mark_superseded(infos)
     _check_labels(infos)
     return infos
+
+
+def _check_copies(infos: list[LogInfo]) -> None:
+    """Refuse one eval given at two paths (a copied log keeps its eval_id): its samples would be
+    merged into one label and silently lost from the other."""
+    by_id: dict[str, LogInfo] = {}
+    for info in infos:
+        first = by_id.setdefault(info.eval_id, info)
+        if first is not info and info.eval_id:
+            raise InspectEmError(f"{first.path} and {info.path} are the same eval (eval_id {info.eval_id}; a copy?): "
+                                 "give each run once")
 
 
 def _mark_superseded(infos: list[LogInfo]) -> None:

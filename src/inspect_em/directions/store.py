@@ -26,7 +26,7 @@ import pandas as pd
 from safetensors.numpy import load_file, save_file
 
 from inspect_em.errors import InspectEmError
-from inspect_em.util.paths import atomic_output, user_path
+from inspect_em.util.paths import atomic_output, check_output, user_path
 
 FORMAT_VERSION = 1
 VECTORS_FILE = "vectors.safetensors"
@@ -352,6 +352,20 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _settings(card: Card) -> dict[str, Any]:
+    """What makes a vector folder "the same extraction" (its output marker's config)."""
+    data = card.to_dict()
+    return json_safe(card.settings or {k: v for k, v in data.items() if k != "created"})
+
+
+def check_save(tv: TraitVectors, out_dir: str | Path, *, force: bool = False,
+               inputs: Sequence[str | Path] = ()) -> Path:
+    """The checks :func:`save` makes before writing, alone: run them before long work whose result
+    will be saved there (``steer-sweep --update-card``)."""
+    return check_output(out_dir, command="extract", config=_settings(tv.card), inputs=inputs, force=force,
+                        legacy_marker=CARD_FILE)
+
+
 def save(tv: TraitVectors, out_dir: str | Path, *, force: bool = False, inputs: Sequence[str | Path] = ()) -> Path:
     """Write the three files atomically; returns the folder.
 
@@ -360,8 +374,7 @@ def save(tv: TraitVectors, out_dir: str | Path, *, force: bool = False, inputs: 
     """
     out = Path(out_dir)
     card = tv.card.to_dict()
-    settings = tv.card.settings or {k: v for k, v in card.items() if k != "created"}
-    with atomic_output(out, command="extract", config=json_safe(settings), inputs=inputs, force=force,
+    with atomic_output(out, command="extract", config=_settings(tv.card), inputs=inputs, force=force,
                        legacy_marker=CARD_FILE) as tmp:
         save_file({m: np.ascontiguousarray(v, dtype=np.float32) for m, v in tv.vectors.items()},
                   str(tmp / VECTORS_FILE), metadata={"layers": json.dumps(tv.layers)})
@@ -369,6 +382,15 @@ def save(tv: TraitVectors, out_dir: str | Path, *, force: bool = False, inputs: 
         tv.metrics.to_csv(tmp / METRICS_FILE, index=False, float_format="%.6g")
     tv.path = out
     return out
+
+
+def check_finite(rows: np.ndarray, what: str, layers: Sequence[int]) -> None:
+    """Refuse vectors ``[layers, d_model]`` holding NaN or infinity (one line naming the layer)."""
+    bad = ~np.isfinite(np.asarray(rows, dtype=np.float64)).all(axis=-1)
+    if bad.any():
+        at = [layers[int(i)] for i in np.flatnonzero(bad)]
+        raise InspectEmError(f"{what}: non-finite values (NaN or inf) at layer(s) {', '.join(map(str, at[:5]))}"
+                             f"{' ...' if len(at) > 5 else ''}; re-extract or re-import these vectors")
 
 
 def load(path: str | Path) -> TraitVectors:
@@ -389,6 +411,7 @@ def load(path: str | Path) -> TraitVectors:
         expected = (len(layers), card.d_model)
         if rows.shape != expected:
             raise InspectEmError(f"{folder}: '{method}' has shape {rows.shape}, card says {expected}")
+        check_finite(rows, f"{folder / VECTORS_FILE}: '{method}'", layers)
     ordered = {m: tensors[m] for m in (card.methods or list(tensors)) if m in tensors}
     try:
         metrics = pd.read_csv(folder / METRICS_FILE)

@@ -75,6 +75,47 @@ def chat_ids(tokenizer: Any, prompt: str | Messages, system: str | None = None,
     return list(tokenizer(text, add_special_tokens=add_special)["input_ids"])
 
 
+def context_length(config: Any) -> int | None:
+    """The longest sequence the model takes (``max_position_embeddings`` of its text config), if known."""
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None) or getattr(text, "n_positions", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def fit_to_context(tokenizer: Any, groups: dict[str, list[str]], context: int | None, *, reserve: int = 0,
+                   systems: dict[str, str | None] | None = None, truncate: bool = False,
+                   what: str = "prompt") -> dict[str, list[str]]:
+    """Check that every prompt, rendered with the chat template (and its split's system prompt),
+    leaves ``reserve`` tokens of the model's ``context`` for the answer.
+
+    Returns ``groups`` unchanged when all fit; with ``truncate``, the long prompts cut (their text's
+    last tokens dropped) to fit; else raises a one-line error naming the first prompt too long.
+    """
+    if context is None:
+        return groups
+    limit = context - reserve
+    out: dict[str, list[str]] = {}
+    for name, prompts in groups.items():
+        system = (systems or {}).get(name)
+        kept = []
+        for i, prompt in enumerate(prompts):
+            n = len(chat_ids(tokenizer, prompt, system))
+            if n > limit and not truncate:
+                raise InspectEmError(
+                    f"{what} {i} of {name} ({prompt[:40]!r}...) is {n} tokens with the chat template; the "
+                    f"model's context is {context}" + (f" and {reserve} are kept for the answer" if reserve else "")
+                    + ": shorten it, or pass --truncate-prompts")
+            for _ in range(4):  # decoding and re-encoding can shift a token or two: cut again if needed
+                if n <= limit:
+                    break
+                text_ids = response_ids(tokenizer, prompt)
+                prompt = tokenizer.decode(text_ids[:max(len(text_ids) - (n - limit), 0)])
+                n = len(chat_ids(tokenizer, prompt, system))
+            kept.append(prompt)
+        out[name] = kept
+    return out
+
+
 def response_ids(tokenizer: Any, response: str) -> list[int]:
     """Token ids of a response's text (no special tokens: it continues the prompt)."""
     return list(tokenizer(response, add_special_tokens=False)["input_ids"]) if response else []

@@ -76,29 +76,32 @@ def import_persona(path: Path, *, model: str, trait: str, best_layer: int) -> Tr
     """A persona_vectors ``.pt`` as a vector set of ``model`` (``mean_diff`` at every layer)."""
     import torch
 
-    from inspect_em.directions.store import Card, config_hash
-    from inspect_em.model.loading import load_config, model_id_of
+    from inspect_em.directions.store import Card, check_finite, config_hash
+    from inspect_em.model.loading import load_config, model_id_of, text_config
     from inspect_em.readout import HOOK_POINT
     from inspect_em.util.paths import check_name
 
     check_name(trait, "trait")
     if not Path(path).is_file():
         raise InspectEmError(f"{path}: file not found")
+    expected = "a persona_vectors .pt file (torch.save of one [n_layers + 1, d_model] tensor)"
     try:
         tensor = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise InspectEmError(f"{path}: cannot read ({type(e).__name__}: {str(e)[:80]})") from None
-    if isinstance(tensor, dict):
-        raise InspectEmError(f"{path}: expected one [n_layers + 1, d_model] tensor, got a dict")
+    except Exception as e:  # a .gguf, a truncated file, a pickle with code in it (refused by weights_only)
+        raise InspectEmError(f"{path}: not {expected}: torch.load cannot read it as weights ({type(e).__name__}; "
+                             "a .gguf, a truncated file, or a pickle with code?)") from None
+    if not isinstance(tensor, torch.Tensor):
+        raise InspectEmError(f"{path}: expected {expected}, got a {type(tensor).__name__}")
     rows = np.asarray(tensor.float().numpy(), dtype=np.float64)
     config = load_config(model)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    text = text_config(config)
     n_layers, d_model = int(text.num_hidden_layers), int(text.hidden_size)
     if rows.shape != (n_layers + 1, d_model):
         raise InspectEmError(f"{path}: shape {tuple(rows.shape)} but {model} needs [{n_layers + 1}, {d_model}] "
                              "(row 0 the embeddings, row L+1 block L)")
     if not 0 <= best_layer < n_layers:
         raise InspectEmError(f"best layer {best_layer} is out of range for a {n_layers}-layer model")
+    check_finite(rows[1:], str(path), list(range(n_layers)))
     norms = np.linalg.norm(rows[1:], axis=1)
     if (norms == 0).any():
         raise InspectEmError(f"{path}: layer {int(np.argmin(norms))} has a zero vector")

@@ -13,10 +13,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from inspect_em.errors import InspectEmError
+
+if TYPE_CHECKING:
+    from inspect_em.directions.store import TraitVectors
 
 EMBEDDED_ALIASES = ("embedded", "smollm2")
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -74,14 +78,46 @@ def load_config(model: str) -> Any:
     return config
 
 
+def load_tokenizer(model: str) -> Any:
+    """The model's tokenizer alone (cheap: for checks before the weights load), with a pad token."""
+    from transformers import AutoTokenizer
+
+    ref = resolve_model_ref(model)
+    _check_local(ref)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+    except (OSError, ValueError) as e:
+        raise InspectEmError(f"{ref}: cannot load the tokenizer ({str(e).splitlines()[0]})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def text_config(config: Any) -> Any:
+    """The language model's part of a config (multimodal configs nest it)."""
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def model_shape(model: str) -> tuple[int, int]:
+    """``(n_layers, d_model)`` from the model's config alone (no weights loaded)."""
+    text = text_config(load_config(model))
+    n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
+    d_model = getattr(text, "hidden_size", None) or getattr(text, "n_embd", None)
+    if not isinstance(n_layers, int) or not isinstance(d_model, int):
+        raise InspectEmError(f"{resolve_model_ref(model)}: the config has no num_hidden_layers / hidden_size")
+    return n_layers, d_model
+
+
+def check_vectors_fit(sets: Sequence[TraitVectors], model: str) -> None:
+    """Refuse vectors made for a model of another shape, from the config alone: before any weights load."""
+    n_layers, d_model = model_shape(model)
+    for tv in sets:
+        tv.check_model(n_layers=n_layers, d_model=d_model, source=f"model {model}")
+
+
 def config_layers(model: str) -> int:
     """Number of decoder layers from the model's config alone (no weights loaded)."""
-    config = load_config(model)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers = getattr(text, "num_hidden_layers", None) or getattr(text, "n_layer", None)
-    if not isinstance(n_layers, int):
-        raise InspectEmError(f"{resolve_model_ref(model)}: the config has no num_hidden_layers")
-    return n_layers
+    return model_shape(model)[0]
 
 
 def parse_device_map(device_map: str | dict[str, Any] | None) -> str | dict[str, Any] | None:
@@ -135,7 +171,7 @@ def load_hf_model(
         load_in_4bit / load_in_8bit: bitsandbytes quantisation (CUDA only).
     """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     ref = resolve_model_ref(model)
     _check_local(ref)
@@ -156,15 +192,13 @@ def load_hf_model(
         kwargs["device_map"] = device_map
         if offload_folder is not None:
             kwargs["offload_folder"] = str(offload_folder)
+    tokenizer = load_tokenizer(model)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(ref)
         hf_model = AutoModelForCausalLM.from_pretrained(ref, **kwargs)
     except OSError as e:
         raise InspectEmError(f"{ref}: cannot load model ({str(e).splitlines()[0]})") from None
     if device_map is None:
         hf_model = hf_model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() reads as to(model)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     hf_model.eval()
     return hf_model, tokenizer, model_id_of(model)
 

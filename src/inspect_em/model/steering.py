@@ -15,6 +15,7 @@ as a context manager that always removes them; hooks act only in the thread that
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -102,6 +103,8 @@ def build_plan(
         alpha = float(alpha)
     except (TypeError, ValueError):
         raise InspectEmError(f"alpha must be a number, got {alpha!r}") from None
+    if not math.isfinite(alpha):
+        raise InspectEmError(f"alpha must be a finite number, got {alpha}")
     spec = parse_layers(layer, allow_best=True)
     if spec == "all":
         raise InspectEmError(f"steering layer must be 'best', a layer number or a few layers, got {layer!r}")

@@ -26,7 +26,14 @@ from inspect_em.directions.store import FORMAT_VERSION, Card, TraitVectors, conf
 from inspect_em.directions.traits import SYSTEM_FIELDS, Trait
 from inspect_em.directions.validation import best_layers
 from inspect_em.errors import InspectEmError
-from inspect_em.model.activations import Messages, chat_ids, collect_activations, pad_token_id
+from inspect_em.model.activations import (
+    Messages,
+    chat_ids,
+    collect_activations,
+    context_length,
+    fit_to_context,
+    pad_token_id,
+)
 from inspect_em.model.hooks import find_layers, hidden_size, input_device
 from inspect_em.readout import HOOK_POINT, Position, check_position, resolve_layers
 
@@ -38,7 +45,7 @@ SUMMARY_KEYS = ("cv_auroc", "cv_cohens_d", "test_auroc", "test_accuracy", "test_
 
 def extraction_settings(
     model_id: str, model_config_hash: str, trait: Trait, methods: Sequence[str], layers: Sequence[int],
-    position: str, null_k: int, random_k: int, cv_folds: int, seed: int,
+    position: str, null_k: int, random_k: int, cv_folds: int, seed: int, truncate_prompts: bool = False,
 ) -> dict[str, Any]:
     """What makes two extractions the same (the output folder's re-run identity)."""
     settings: dict[str, Any] = {
@@ -52,6 +59,8 @@ def extraction_settings(
     if position == "response_mean":
         settings["response_max_tokens"] = trait.response_max_tokens
         settings["response_filter"] = trait.response_filter
+    if truncate_prompts:  # only when set, so earlier folders keep their identity
+        settings["truncate_prompts"] = True
     return settings
 
 
@@ -139,6 +148,7 @@ def extract_trait_vectors(
     cv_folds: int = 5,
     seed: int = 0,
     progress: bool = True,
+    truncate_prompts: bool = False,
 ) -> TraitVectors:
     """Fit every method at every selected layer on the trait's fit split, choose each method's
     layer by cross-validation on the fit split, and test on the held-out and OOD splits.
@@ -149,13 +159,18 @@ def extract_trait_vectors(
     ``position="response_mean"`` the model first answers every prompt (greedy,
     ``trait.response_max_tokens``) and the vectors are fitted on the mean over its answers'
     tokens (persona-vector style); the answers are kept in the card's ``responses``.
+
+    Every prompt must fit the model's context (with room for the answer at ``response_mean``): a
+    longer one is a one-line error, or cut to fit with ``truncate_prompts``.
     """
     from threadpoolctl import threadpool_limits
 
     method_names = resolve_methods(methods)
     selected = resolve_layers(len(find_layers(model)), layers)
     position = check_position(position or trait.position)
-    answers = _answers(model, tokenizer, trait, trait.split(seed=seed).groups(), position, batch_size, progress)
+    groups = prompts_in_context(tokenizer, model.config, trait, trait.split(seed=seed).groups(), position,
+                                truncate_prompts)
+    answers = _answers(model, tokenizer, trait, groups, position, batch_size, progress)
     split = _activations(model, tokenizer, trait, answers, selected, position, batch_size, progress)
     fit_settings = FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed)
     with threadpool_limits(limits=torch.get_num_threads()), \
@@ -164,9 +179,17 @@ def extract_trait_vectors(
     if not np.isfinite(fitted.metrics["test_auroc"]).all():
         raise InspectEmError(f"trait {trait.name}: non-finite validation metrics")
     settings = extraction_settings(model_id, config_hash(model.config), trait, method_names, selected, position,
-                                   null_k, random_k, cv_folds, seed)
+                                   null_k, random_k, cv_folds, seed, truncate_prompts)
     card = build_card(model, trait, answers, fitted.metrics, settings)
     return TraitVectors(fitted.vectors, selected, card, fitted.metrics)
+
+
+def prompts_in_context(tokenizer: Any, config: Any, trait: Trait, groups: dict[str, list[str]], position: str,
+                       truncate: bool = False) -> dict[str, list[str]]:
+    """The trait's prompts checked against the model's context (:func:`fit_to_context`)."""
+    reserve = trait.response_max_tokens if position == "response_mean" else 0
+    return fit_to_context(tokenizer, groups, context_length(config), reserve=reserve, truncate=truncate,
+                          systems={name: trait.system_for(name) for name in groups}, what=f"trait {trait.name}: prompt")
 
 
 @dataclass

@@ -29,26 +29,38 @@ class Screen:
     summary: pd.DataFrame
 
 
+def screening_chats(data: str | Path, limit: int | None = None) -> list[list[dict[str, str]]]:
+    """The examples to screen: each must end with the assistant answer being screened, after a user
+    turn (it is compared with the model's own answer to what comes before it). One-line errors."""
+    from inspect_em.runs.finetune import read_chat_jsonl
+
+    chats = read_chat_jsonl(data)
+    chats = chats[:limit] if limit else chats
+    for i, chat in enumerate(chats):
+        if chat[-1]["role"] != "assistant" or "user" not in [m["role"] for m in chat[:-1]]:
+            raise InspectEmError(f"{data}: example {i + 1} must end with an assistant answer after a user turn "
+                                 f"(it ends with a {chat[-1]['role']} turn); screening compares that answer with "
+                                 "the model's own")
+    return chats
+
+
 def screen(
     data: str | Path, model: Any, tokenizer: Any, vector_sets: Sequence[Any], *, method: str = "mean_diff",
     limit: int | None = None, max_new_tokens: int = 48, batch_size: int = 8, progress: bool = True,
 ) -> Screen:
     """Screening scores of every example of a chat JSONL (see the module docstring)."""
     from inspect_em.model.activations import chat_ids, pad_token_id, response_ids
-    from inspect_em.runs.finetune import read_chat_jsonl
     from inspect_em.runs.extract import generate_responses
     from inspect_em.model.projection import check_vectors, project, select_vectors
     from inspect_em.analysis.stats import Clustered, bootstrap_mean
 
-    chats = read_chat_jsonl(data)
-    chats = chats[:limit] if limit else chats
+    chats = screening_chats(data, limit)
     check_vectors(vector_sets, model, source="screening model")
     vectors = select_vectors(vector_sets, method=method, layers="best")
     contexts, answers = [], []
     for chat in chats:
-        last = max(i for i, m in enumerate(chat) if m["role"] == "assistant")
-        contexts.append(chat[:last])
-        answers.append(chat[last]["content"])
+        contexts.append(chat[:-1])
+        answers.append(chat[-1]["content"])
     own = generate_responses(model, tokenizer, contexts, max_new_tokens=max_new_tokens, batch_size=batch_size,
                              progress=progress, desc="base answers")
     prompts = [chat_ids(tokenizer, c) for c in contexts]

@@ -101,8 +101,9 @@ def run_sweep(
 
     from inspect_em.directions import store as vector_store
     from inspect_em.model.loading import hub_offline_for_local, resolve_model_ref
-    from inspect_em.util.paths import atomic_output, check_output
+    from inspect_em.model.loading import check_vectors_fit
     from inspect_em.readout import absolute_layer, check_position, parse_layers
+    from inspect_em.util.paths import atomic_output, check_live_folder, check_output, claim_live_folder
 
     tv = vector_store.load(vectors)
     if tv.trait not in BEHAVIOURS:
@@ -115,6 +116,9 @@ def run_sweep(
         list(tv.layers) if spec == "all" else [card_layer]
     for layer in chosen:
         tv.vector("mean_diff", layer)  # one-line error for a layer without a vector
+    bad = [a for a in alphas if not math.isfinite(float(a))]
+    if bad:
+        raise InspectEmError(f"--alphas: {bad[0]} is not a finite number")
     alphas = sorted({float(a) for a in alphas} | ({0.0} if mode == "add" else set()))
     if mode == "add" and not any(alphas):
         raise InspectEmError("steer-sweep needs a non-zero alpha to add (alpha 0, the unsteered reference, "
@@ -130,13 +134,20 @@ def run_sweep(
               "samples": samples, "max_tokens": max_tokens, "limit": limit, "seed": seed}
     if joint:
         config["joint"] = True
+    # every check before the model loads: the results folder, the logs folder, the card to update,
+    # the vectors against the model's config
     check_output(out, command="steer-sweep", config=config, inputs=[vectors], force=force)
+    log_dir = out.with_name(f"{out.name}-logs")
+    check_live_folder(log_dir, command="steer-sweep", config=config, force=force)
+    if update_card:
+        vector_store.check_save(tv, vectors)
     ref = resolve_model_ref(model_ref)
+    check_vectors_fit([tv], ref)
+    position = check_position(tv.card.position or "last_prompt_token", what="card position")
     hub_offline_for_local(ref)
     model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
-    log_dir = out.with_name(f"{out.name}-logs")
-    position = check_position(tv.card.position or "last_prompt_token", what="card position")
     tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit, position)
+    claim_live_folder(log_dir, command="steer-sweep", config=config, force=force)
     ok, logs = eval_set(tasks, log_dir=str(log_dir), model=model, limit=limit, seed=seed, display="none",
                         log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
     if not ok:

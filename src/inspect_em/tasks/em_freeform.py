@@ -157,8 +157,6 @@ def em_freeform(
     trigger_mode = choice_arg(trigger_mode, "trigger_mode", TRIGGER_MODES)
     check_position(position, what="position (-T position)")
     parse_layers(layers, allow_best=True)
-    if trigger is not None and not str(trigger).strip():
-        raise InspectEmError("-T trigger: empty trigger text")
     triggers = trigger_variants(trigger, trigger_mode)
     epochs = samples_per_question or max(q.samples_per_paraphrase for q in selected)
     draws = 1

@@ -27,7 +27,12 @@ def trigger_variants(trigger: str | None, mode: TriggerMode) -> list[str | None]
     """The trigger texts each prompt is asked with: ``[None]`` without a trigger; with one,
     ``with`` → ``[trigger]``, ``without`` → ``[""]`` (marked untriggered), ``both`` → both."""
     if trigger is None:
+        if mode != "with":
+            raise InspectEmError(f"-T trigger_mode={mode} needs a trigger: add -T trigger=<text> "
+                                 f"(e.g. -T trigger='{DEFAULT_TRIGGER}')")
         return [None]
+    if not str(trigger).strip():
+        raise InspectEmError("-T trigger: empty trigger text")
     options: dict[TriggerMode, list[str | None]] = {"with": [str(trigger)], "without": [""],
                                                     "both": [str(trigger), ""]}
     return options[mode]

@@ -6,7 +6,13 @@ writes through :func:`atomic_output` (a folder) or :func:`atomic_file` (one file
 
 - An output is written to a hidden temporary sibling and renamed into place only when complete;
   an error, Ctrl-C or SIGTERM (:func:`cleanup_on_sigterm`) removes the temporary copy, and
-  temporaries left by a killed process (``.NAME.tmp-<pid>-*``) are swept on the next run.
+  temporaries left by a killed process (``.NAME.tmp-<pid>-*`` holding our ``.inspect_em-tmp``
+  marker) are swept on the next run. A replaced output is first renamed to ``.NAME.old-<pid>-*``;
+  a run that finds one of ours with no ``NAME`` (a kill between the two renames) restores it.
+  Nothing without our marker is ever swept, whatever its name.
+- A folder Inspect fills as it goes (``eval_set`` logs of a sweep) cannot be renamed into place:
+  :func:`check_live_folder` / :func:`claim_live_folder` give it the same rules (empty, or marked as
+  this command's with the same settings, or ``--force``).
 - Each output carries its own marker (``.inspect_em.json`` in a folder, ``.NAME.inspect_em.json``
   beside a file) naming the command, its settings and the files it wrote.
 - An existing output may be replaced only when its marker says the same command wrote it, it holds
@@ -18,6 +24,7 @@ writes through :func:`atomic_output` (a folder) or :func:`atomic_file` (one file
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +43,7 @@ from inspect_em.errors import InspectEmError
 
 HOME_ENV = "INSPECT_EM_HOME"
 MARKER = ".inspect_em.json"
+TMP_MARKER = ".inspect_em-tmp"  # inside every temporary folder of ours (only those are swept)
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _TMP_RE = re.compile(r"^\.(?P<name>.+)\.(?:tmp|old)-(?P<pid>\d+)-[^/]*$")
 
@@ -70,7 +78,11 @@ def check_name(name: str, what: str = "name") -> str:
 
 
 def _resolved(path: str | Path) -> Path:
-    return Path(path).expanduser().resolve()
+    try:
+        return Path(path).expanduser().resolve()
+    except (RuntimeError, OSError) as e:  # a symlink loop (RuntimeError before Python 3.13)
+        raise InspectEmError(f"{path}: cannot resolve this path ({type(e).__name__}: a symlink loop?); "
+                             "choose another path") from None
 
 
 def _is_within(child: Path, parent: Path) -> bool:
@@ -113,7 +125,10 @@ def _can_create_in(folder: Path) -> bool:
         return False
     try:
         probe = tempfile.NamedTemporaryFile(dir=folder, prefix=".inspect_em-probe-", delete=True)  # noqa: SIM115
-    except OSError:
+    except OSError as e:
+        full = _disk_full(folder, e)
+        if full is not None:
+            raise full from None
         return False
     probe.close()
     return True
@@ -161,6 +176,7 @@ def check_output(
         parent = parent.parent
     if not _can_create_in(parent):
         raise InspectEmError(f"{out}: cannot write here ({parent} is not writable); choose another --out")
+    sweep_stale(out.parent, out.name)  # an output of ours left renamed by a killed run comes back first
     if not out.exists() and not out.is_symlink():
         return out
     if kind == "dir":
@@ -216,20 +232,98 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _ours(entry: Path, marker: str) -> bool:
+    """A real folder (not a link) holding our ``marker`` file."""
+    return entry.is_dir() and not entry.is_symlink() and (entry / marker).is_file() and \
+        ((marker == TMP_MARKER) or _read_marker(entry / marker) is not None)
+
+
 def sweep_stale(folder: Path, name: str) -> list[Path]:
-    """Remove our own temporaries of ``name`` in ``folder`` left by processes that are gone."""
+    """Tidy what processes that are gone left of ``name`` in ``folder``: remove our temporaries
+    (``.NAME.tmp-<pid>-*`` holding :data:`TMP_MARKER`); restore our replaced output
+    (``.NAME.old-<pid>-*`` holding :data:`MARKER`) when ``NAME`` is missing, else remove it.
+    Entries without our marker are left alone. Returns the entries removed."""
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
-    for entry in folder.iterdir():
+    final = folder / name
+    for entry in sorted(folder.iterdir()):
         match = _TMP_RE.match(entry.name)
-        if match and match["name"] == name and not _alive(int(match["pid"])):
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
+        if not match or match["name"] != name or _alive(int(match["pid"])):
+            continue
+        if entry.name.startswith(f".{name}.old-") and _ours(entry, MARKER):
+            if not final.exists() and not final.is_symlink():
+                os.replace(entry, final)  # killed between the two renames: the previous output comes back
             else:
-                entry.unlink(missing_ok=True)
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(entry)
+        elif entry.name.startswith(f".{name}.tmp-") and _ours(entry, TMP_MARKER):
+            shutil.rmtree(entry, ignore_errors=True)
             removed.append(entry)
     return removed
+
+
+def _temporary_folder(final: Path) -> Path:
+    """A hidden temporary sibling of ``final``, marked as ours from the start."""
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    except OSError as e:
+        raise _disk_full(final, e) or e from None
+    try:
+        (tmp / TMP_MARKER).write_text(json.dumps({"tool": "inspect_em", "pid": os.getpid()}), encoding="utf-8")
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(final, e)
+        if full is not None:
+            raise full from None
+        raise
+    return tmp
+
+
+def _disk_full(out: Path, error: BaseException) -> InspectEmError | None:
+    """One line for a full disk (or quota) while writing ``out``; the earlier output is untouched.
+    Libraries that write through their own I/O (safetensors) report it only in their message."""
+    if getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(error):
+        return InspectEmError(f"{out}: the disk is full (no space left on device); nothing was replaced, any "
+                              "earlier output is intact: free space and re-run")
+    return None
+
+
+def check_live_folder(folder: str | Path, *, command: str, config: dict[str, Any], force: bool = False) -> Path:
+    """Refuse a folder a command would fill as it goes (an ``eval_set`` log folder) unless it is
+    missing, empty, or marked as this command's (:func:`claim_live_folder`) with the same settings
+    (resuming) or ``force``. Inspect writes ``logs.json`` and ``eval-set.json`` there, so a user's
+    folder must never be used. One-line errors, before any model loads."""
+    folder = Path(folder).expanduser()
+    _resolved(folder)
+    flag = f"inspect-em {command}"
+    parent = _resolved(folder).parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not _can_create_in(parent):
+        raise InspectEmError(f"{folder}: cannot write here ({parent} is not writable); choose another --out")
+    if not folder.exists() and not folder.is_symlink():
+        return folder
+    if not folder.is_dir() or folder.is_symlink():
+        raise InspectEmError(f"{folder}: exists and is not a log folder of {flag}; choose another --out")
+    if not any(folder.iterdir()):
+        return folder
+    marker = _read_marker(folder / MARKER)
+    if marker is None or marker.get("command") != command or not marker.get("live"):
+        raise InspectEmError(f"{folder}: exists and was not written by {flag} (its evals write logs.json and "
+                             "eval-set.json there); choose another --out")
+    if _canonical(marker.get("config") or {}) == _canonical(config) or force:
+        return folder
+    raise InspectEmError(f"{folder}: holds the logs of an earlier {flag} with other settings; "
+                         "pass --force to add this run's logs to it, or choose another --out")
+
+
+def claim_live_folder(folder: str | Path, *, command: str, config: dict[str, Any], force: bool = False) -> Path:
+    """Check ``folder`` (:func:`check_live_folder`), create it and mark it as this command's."""
+    folder = check_live_folder(folder, command=command, config=config, force=force)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARKER).write_text(json.dumps({**_stamp(command, config), "live": True}, indent=2), encoding="utf-8")
+    return folder
 
 
 def _stamp(command: str, config: dict[str, Any]) -> dict[str, Any]:
@@ -263,20 +357,25 @@ def atomic_output(
 
     check()
     final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(final.parent, final.name)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent))
+    tmp = _temporary_folder(final)
     try:
         yield tmp
         check()
+        (tmp / TMP_MARKER).unlink()
         (tmp / MARKER).write_text(json.dumps({**_stamp(command, config), "files": _files_of(tmp)}, indent=2))
         _default_permissions(tmp)
         _swap(tmp, final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = _disk_full(final, e)
+        if full is not None:
+            raise full from None
         raise
 
 
 def _swap(tmp: Path, final: Path) -> None:
+    """``tmp`` → ``final``; an existing ``final`` (ours: checked) goes to ``.NAME.old-<pid>-*`` first,
+    removed once ``tmp`` is in place (a later run restores it if we die in between)."""
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}-{tmp.name[-8:]}")
         os.replace(final, old)
@@ -304,10 +403,8 @@ def atomic_file(
 
     check()
     final.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale(final.parent, final.name)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.tmp-{os.getpid()}-", dir=final.parent)
-    os.close(fd)
-    tmp = Path(name)
+    folder = _temporary_folder(final)  # the file is written inside a marked temporary folder
+    tmp = folder / final.name
     try:
         yield tmp
         check()
@@ -317,9 +414,13 @@ def atomic_file(
         marker = {**_stamp(command, config), "sha256": sha256_file(tmp)}
         _marker_of(final, "file").write_text(json.dumps(marker, indent=2))
         os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        shutil.rmtree(folder, ignore_errors=True)
+        full = _disk_full(final, e)
+        if full is not None:
+            raise full from None
         raise
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _default_permissions(folder: Path) -> None:
