@@ -1,0 +1,2 @@
+"""Commands that run models end to end: extraction (``extract``), finetuning data (``datasets``),
+LoRA finetuning (``finetune``), screening, steering sweeps (``sweep``) and the demo."""
