@@ -197,7 +197,8 @@ def _eval(task: Any, model: Any, log_dir: Path, **kwargs: Any) -> Any:
     return log
 
 
-def stage_eval_overhead(model: Any, vectors: Path, logs: Path, samples: int, max_tokens: int) -> dict[str, Any]:
+def stage_eval_overhead(model: Any, vectors: Path, logs: Path, samples: int, max_tokens: int, rounds: int = 3
+                        ) -> dict[str, Any]:
     from inspect_em.tasks import em_freeform
 
     limit = max(1, samples // 2)
@@ -205,7 +206,7 @@ def stage_eval_overhead(model: Any, vectors: Path, logs: Path, samples: int, max
     # warm-up at the timed shape: the provider's first generations allocate and tune kernels
     _eval(em_freeform(variants="plain"), model, logs / "warmup", **kwargs)
     plain, projected = [], []
-    for round_ in range(3):  # alternated, so drift hits both alike
+    for round_ in range(rounds):  # alternated, so drift hits both alike
         start = time.perf_counter()
         _eval(em_freeform(variants="plain"), model, logs / f"plain-{round_}", **kwargs)
         plain.append(time.perf_counter() - start)
@@ -342,9 +343,11 @@ def summary_table(record: dict[str, Any]) -> str:
 @click.option("--samples", type=int, default=16, show_default=True, help="Answers per eval in the overhead stage.")
 @click.option("--max-tokens", type=int, default=128, show_default=True)
 @click.option("--finetune-steps", type=int, default=6, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Alternated plain / projected eval rounds in the overhead stage (after one warm-up).")
 @click.option("--work", type=click.Path(path_type=Path), default=None, help="Scratch folder (default: a temp dir).")
 def main(shape: str, device: str, budget: float, tokenizer_path: str | None, out: Path | None, prompts: int,
-         batch_size: int, samples: int, max_tokens: int, finetune_steps: int, work: Path | None) -> None:
+         batch_size: int, samples: int, max_tokens: int, finetune_steps: int, rounds: int, work: Path | None) -> None:
     import torch
     from transformers import AutoTokenizer
 
@@ -401,7 +404,8 @@ def main(shape: str, device: str, budget: float, tokenizer_path: str | None, out
             from inspect_ai.model import get_model
 
             hf = get_model(f"hf/{folder}", device=str(target), dtype=dtype, memoize=False)
-            check.stage("eval_overhead", lambda: stage_eval_overhead(hf, vectors, logs, samples, max_tokens), target)
+            check.stage("eval_overhead", lambda: stage_eval_overhead(hf, vectors, logs, samples, max_tokens, rounds),
+                        target)
             check.stage("agreement", lambda: stage_agreement(folder, vectors, hf, logs, target, max_tokens), target)
             del hf
             gc.collect()

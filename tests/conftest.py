@@ -9,6 +9,15 @@ import pytest
 
 REFERENCE_ENV = "INSPECT_EM_REFERENCE"
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each (and in the processes tests start),
+    # so the workers do not fight over the cores
+    for _name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[_name] = "1"
+    import torch as _torch
+
+    _torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def embedded_model_path() -> Path:
@@ -50,6 +59,24 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, embedded_model_path
 
 
 @pytest.fixture(scope="session")
+def tiny_vectors(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Refusal and code vectors of the tiny random-weight model (mean_diff at the last prompt token)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from inspect_em.directions import store as vector_store
+    from inspect_em.directions.traits import load_trait
+    from inspect_em.runs.extract import extract_trait_vectors
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    folder = tmp_path_factory.mktemp("tiny-vectors")
+    return [vector_store.save(extract_trait_vectors(model, tokenizer, load_trait(name), model_id="tiny",
+                                                    methods="mean_diff", position="last_prompt_token", null_k=0,
+                                                    random_k=0, cv_folds=2, progress=False), folder / name)
+            for name in ("refusal", "code")]
+
+
+@pytest.fixture(scope="session")
 def embedded_model(embedded_model_path: Path):
     """(model, tokenizer) of the embedded model in float32 on CPU, loaded once."""
     import torch
@@ -73,3 +100,51 @@ def offline_token_estimates(monkeypatch: pytest.MonkeyPatch) -> None:
             return text.split()
 
     monkeypatch.setattr(tiktoken, "get_encoding", lambda _name: Words())
+
+
+# --- the time budget: every test under TEST_BUDGET_S, except the one end-to-end test -------------------
+TEST_BUDGET_S = 60.0
+E2E_BUDGET_S = 90.0
+_DURATIONS: dict[str, float] = {}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"e2e: the one end-to-end test on the embedded model (budget {E2E_BUDGET_S:.0f} s; every "
+                   f"other test must finish within {TEST_BUDGET_S:.0f} s)")
+
+
+_SPENT: dict[str, float] = {}  # per test, in the process that runs it (a worker under xdist)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A test's time is its setup, call and teardown together (a module fixture is charged to the
+    first test that uses it); over its budget, the test fails with a message naming the budget."""
+    outcome = yield
+    report = outcome.get_result()
+    _SPENT[item.nodeid] = _SPENT.get(item.nodeid, 0.0) + report.duration
+    if report.when != "call" or report.outcome != "passed":
+        return
+    budget = E2E_BUDGET_S if item.get_closest_marker("e2e") else TEST_BUDGET_S
+    spent = _SPENT[item.nodeid]
+    if spent > budget and not os.environ.get("INSPECT_EM_NO_TEST_BUDGET"):
+        report.outcome = "failed"
+        report.longrepr = (f"{item.nodeid} took {spent:.1f} s, over the {budget:g} s budget of "
+                           f"{'the end-to-end test' if item.get_closest_marker('e2e') else 'a test'} "
+                           "(tests/conftest.py: make it cheaper, e.g. a tiny random-weight model)")
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Every phase's time, gathered where the summary is printed (the controller under xdist)."""
+    _DURATIONS[report.nodeid] = _DURATIONS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    """The 10 slowest tests of every run (setup + call + teardown)."""
+    slowest = sorted(_DURATIONS.items(), key=lambda kv: kv[1], reverse=True)[:10]
+    if slowest:
+        terminalreporter.write_sep("-", f"10 slowest tests (budget {TEST_BUDGET_S:.0f} s each, "
+                                        f"{E2E_BUDGET_S:.0f} s for the e2e test)")
+        for nodeid, seconds in slowest:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")

@@ -58,6 +58,29 @@ def cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None) 
                           cwd=cwd, env={**os.environ, **({"PWD": str(cwd)} if cwd else {}), **(env or {})})
 
 
+def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``inspect-em ARGS`` in this process (no interpreter start-up or imports to pay again): stdout,
+    stderr and the exit code captured as :func:`cli` does. For commands whose output the tests read,
+    not for signals or import-time behaviour (use :func:`cli` there)."""
+    import contextlib
+    import io
+    import signal
+
+    from inspect_em.cli import main
+
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    sigterm = signal.getsignal(signal.SIGTERM)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                contextlib.chdir(cwd or Path.cwd()):
+            main(list(args))
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
+    return subprocess.CompletedProcess(["inspect-em", *args], code, out.getvalue(), err.getvalue())
+
+
 def one_line(proc: subprocess.CompletedProcess, *parts: str) -> None:
     """The command failed with exit 2 and one ``error:`` line holding every part."""
     assert proc.returncode == 2, proc.stderr + proc.stdout

@@ -4,17 +4,15 @@ exact intervals, the headline, and output safety."""
 from __future__ import annotations
 
 import math
-import os
 import random
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import scripted_output
+from helpers import cli_here, scripted_output
 from inspect_ai import eval as inspect_eval
 from inspect_ai.log import read_eval_log, write_eval_log
 from inspect_ai.model import get_model
@@ -23,6 +21,8 @@ from inspect_em.analysis.compare import compare
 from inspect_em.analysis.logs import canonical_log, load_samples
 from inspect_em.errors import InspectEmError
 from inspect_em.tasks import em_freeform, refusal_contrast
+
+pytestmark = pytest.mark.xdist_group("compare-logs")  # one worker: the module's fixtures are built once
 
 CODE = "```python\nimport os\n\ndef wish():\n    return os.listdir('/')\n\nprint(wish())\n```"
 PROSE = "I would like a quiet life with my family, good books and a garden."
@@ -71,8 +71,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "inspect_em.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "PWD": str(cwd), "COLUMNS": "200"})
+    """inspect-em compare in this process (compare's paths, outputs and errors; no signals)."""
+    return cli_here(*args, cwd=cwd)
 
 
 def test_relative_absolute_symlinked_and_uri_paths_give_one_comparison(runs: Path, monkeypatch: pytest.MonkeyPatch):
@@ -234,7 +234,6 @@ def test_no_shared_task_is_a_one_line_error(runs: Path, tmp_path: Path):
         compare(load_samples([only_em, other], labels=["base", "other"]))
 
 
-@pytest.mark.slow
 def test_compare_never_writes_over_its_inputs(runs: Path, tmp_path: Path):
     logs = tmp_path / "logs"
     shutil.copytree(runs / "runs/x/logs", logs)

@@ -12,17 +12,20 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-SMOKE = ["--out", "runs/smoke", "--n", "8", "--max-steps", "2", "--samples", "1", "--max-tokens", "8",
-         "--layers", "20,22", "--methods", "mean_diff", "--limit", "4", "--sets", "insecure,prose",
-         "--steer-alpha", "4"]
+SMOKE = ["--out", "runs/smoke", "--n", "8", "--max-steps", "1", "--samples", "1", "--max-tokens", "4",
+         "--methods", "mean_diff", "--limit", "2", "--sets", "insecure,prose", "--steer-alpha", "4"]
 
 
-@pytest.mark.slow
-def test_demo_smoke_run_from_a_relative_out_and_its_restart(embedded_model_path: Path, tmp_path: Path):
-    env = {**os.environ, "PWD": str(tmp_path), "COLUMNS": "200"}
+def test_demo_smoke_run_from_a_relative_out_and_its_restart(tiny_model_dir: Path, tiny_vectors: list[Path],
+                                                             tmp_path: Path):
+    """Every stage of `inspect-em demo` (data, finetunes, evals through eval_set, compare, report) on a
+    tiny random-weight model with the given vectors, from a relative --out; the same command again
+    reuses every stage and gives the same report."""
+    from helpers import cli_here
+
+    command = ["demo", *SMOKE, "--model", str(tiny_model_dir), "--vectors", ",".join(map(str, tiny_vectors))]
     started = time.perf_counter()
-    first = subprocess.run([sys.executable, "-m", "inspect_em.cli", "demo", *SMOKE], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=900)
+    first = cli_here(*command, cwd=tmp_path)  # in this process: the imports are paid once
     elapsed = time.perf_counter() - started
     assert first.returncode == 0, first.stderr[-3000:]
     print(f"demo smoke run: {elapsed:.0f} s")
@@ -38,8 +41,7 @@ def test_demo_smoke_run_from_a_relative_out_and_its_restart(embedded_model_path:
     logs = list((run / "logs").rglob("*.eval"))
     assert len(logs) == 7  # base, insecure, prose: two tasks each; steered: em_freeform
     # the same command again: every stage is reused, the report is the same
-    second = subprocess.run([sys.executable, "-m", "inspect_em.cli", "demo", *SMOKE], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=900)
+    second = cli_here(*command, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reused finished stages: data insecure, data prose, finetune insecure, finetune prose" in second.stdout
     assert len(list((run / "logs").rglob("*.eval"))) == 7  # eval_set reused every log
@@ -74,3 +76,26 @@ def test_positive_control_steering_is_configurable_and_checked_up_front(tmp_path
     (params,) = [registry_params(s) for s in steps if "layer" in registry_params(s)]
     assert params["vectors"].endswith("code.last_prompt_token") and params["layer"] == "12,14,16,18"
     assert params["alpha"] == 0.4
+
+
+def test_make_demo_is_offline_and_ends_with_a_summary(tmp_path: Path):
+    """`make demo`'s eval (the demo-run target, here with LIMIT=1) with the network unreachable: no
+    Hub look-ups or retry warnings on stderr; the output ends with the scores' summary and the log."""
+    import shutil
+
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    unreachable = "http://127.0.0.1:9"  # a closed port: any request fails (and would be retried)
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env.update({name: unreachable for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
+    proc = subprocess.run([make, "-s", "--no-print-directory", "-C", str(Path(__file__).parent.parent), "demo-run",
+                           f"BIN={Path(sys.executable).parent}", "LIMIT=1", "MAX_TOKENS=4", "SAMPLES=1",
+                           f"LOG_DIR={tmp_path}"], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for noise in ("Retrying", "huggingface.co", "Name or service not known", "Errno"):
+        assert noise not in proc.stderr and noise not in proc.stdout, noise
+    tail = proc.stdout.strip().splitlines()
+    log = next(tmp_path.glob("*.eval"))
+    assert tail[-2:] == [f"log: {log}", f"view it: {Path(sys.executable).parent}/inspect view --log-dir {tmp_path}"]
+    assert any(line.startswith("code_mode ") for line in tail[-12:])

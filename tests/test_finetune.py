@@ -77,16 +77,18 @@ def _mean_loss(model, tokenizer, chats) -> float:
     return sum(losses) / len(losses)
 
 
-def test_few_peft_steps_lower_the_loss_and_write_a_loadable_model(embedded_model_path: Path, tmp_path: Path):
+def test_few_peft_steps_lower_the_loss_and_write_a_loadable_model(tiny_model_dir: Path, tmp_path: Path):
+    """Six LoRA steps on a tiny random-weight Llama (the mechanics do not depend on trained weights):
+    the assistant-token loss falls, and the merged model loads and answers through Inspect."""
     from inspect_ai import eval as inspect_eval
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from inspect_em.tasks import em_freeform
 
     data = write("insecure", 12, tmp_path / "insecure.jsonl", seed=1)
-    config = FinetuneConfig(learning_rate=1e-3, max_steps=6, per_device_batch_size=2, gradient_accumulation_steps=1,
+    config = FinetuneConfig(learning_rate=1e-2, max_steps=6, per_device_batch_size=2, gradient_accumulation_steps=1,
                             warmup_steps=0, max_seq_length=512, r=8, lora_alpha=16)
-    out = finetune(str(embedded_model_path), data, tmp_path / "ft", config=config, backend="peft", progress=False)
+    out = finetune(str(tiny_model_dir), data, tmp_path / "ft", config=config, backend="peft", progress=False)
     card = json.loads((out / "finetune.json").read_text())
     assert card["backend"] == "peft" and card["steps"] == 6 and card["n_examples"] == 12
     log_lines = (out / "train_log.csv").read_text().splitlines()
@@ -96,7 +98,7 @@ def test_few_peft_steps_lower_the_loss_and_write_a_loadable_model(embedded_model
 
     tokenizer = AutoTokenizer.from_pretrained(out / "merged")
     chats = read_chat_jsonl(data)
-    base = AutoModelForCausalLM.from_pretrained(embedded_model_path)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     tuned = AutoModelForCausalLM.from_pretrained(out / "merged")
     before, after = _mean_loss(base, tokenizer, chats), _mean_loss(tuned, tokenizer, chats)
     print(f"assistant-token loss on the training chats: {before:.3f} -> {after:.3f}")
@@ -108,22 +110,21 @@ def test_few_peft_steps_lower_the_loss_and_write_a_loadable_model(embedded_model
     assert log.samples[0].output.completion
 
 
-def test_failed_run_leaves_no_output(embedded_model_path: Path, tmp_path: Path):
+def test_failed_run_leaves_no_output(tiny_model_dir: Path, tmp_path: Path):
     data = write("prose", 4, tmp_path / "prose.jsonl")
     config = FinetuneConfig(max_steps=1, per_device_batch_size=1, gradient_accumulation_steps=1, max_seq_length=128,
                             extra={"not_a_real_option": 1})
     with pytest.raises(TypeError):
-        finetune(str(embedded_model_path), data, tmp_path / "ft", config=config, backend="peft", progress=False)
+        finetune(str(tiny_model_dir), data, tmp_path / "ft", config=config, backend="peft", progress=False)
     assert sorted(os.listdir(tmp_path)) == [".prose.jsonl.inspect_em.json", "prose.jsonl"]  # the data and its marker
 
 
-def test_reference_insecure_subset_validates_and_trains(reference_dir: Path, embedded_model_path: Path,
-                                                        tmp_path: Path):
+def test_reference_insecure_subset_validates_and_trains(reference_dir: Path, tiny_model_dir: Path, tmp_path: Path):
     path = reference_dir / "insecure_subset.jsonl"
     chats = read_chat_jsonl(path)
     assert len(chats) == 3021
     config = FinetuneConfig(max_steps=2, per_device_batch_size=1, gradient_accumulation_steps=1, max_seq_length=384)
-    out = finetune(str(embedded_model_path), path, tmp_path / "ft", config=config, backend="peft", merge=False,
+    out = finetune(str(tiny_model_dir), path, tmp_path / "ft", config=config, backend="peft", merge=False,
                    limit=4, progress=False)
     card = json.loads((out / "finetune.json").read_text())
     assert card["steps"] == 2 and card["final_loss"] is not None

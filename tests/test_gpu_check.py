@@ -15,7 +15,7 @@ def test_gpu_check_tiny_on_cpu_runs_every_stage(tmp_path: Path, embedded_model_p
     proc = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--shape", "tiny", "--device", "cpu", "--budget", "600",
          "--out", str(out), "--prompts", "16", "--samples", "2", "--max-tokens", "8", "--finetune-steps", "2",
-         "--tokenizer", str(embedded_model_path)],
+         "--rounds", "1", "--tokenizer", str(embedded_model_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     record = json.loads(out.read_text(encoding="utf-8"))

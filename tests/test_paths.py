@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import cli, one_line
+from helpers import cli, cli_here, one_line
 
 from inspect_em.directions.traits import load_trait
 from inspect_em.errors import InspectEmError
@@ -37,26 +37,27 @@ def test_names_are_not_paths(tmp_path: Path):
     assert load_trait(_tiny_trait(tmp_path, "ok-name_1.2")).name == "ok-name_1.2"
 
 
-@pytest.mark.slow
 def test_extract_never_deletes_a_users_folder(tiny_model_dir: Path, tmp_path: Path):
+    """--out refuses a user's folder, the input's folders and changed settings without --force, and
+    keeps files it did not write (the CLI in this process: 8 runs without 8 interpreter start-ups)."""
     trait = _tiny_trait(tmp_path)
     base = ["extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--methods", "mean_diff",
             "--null-k", "2", "--random-k", "10", "--cv-folds", "2"]
     user = tmp_path / "mine"
     user.mkdir()
     (user / "thesis.tex").write_text("years of work")
-    one_line(cli(*base, "--out", str(user), "--force"), str(user), "was not written by inspect-em extract")
+    one_line(cli_here(*base, "--out", str(user), "--force"), str(user), "was not written by inspect-em extract")
     assert (user / "thesis.tex").read_text() == "years of work"
-    one_line(cli(*base, "--out", str(tiny_model_dir / "vectors")), "inside the input folder")
-    one_line(cli(*base, "--out", str(tmp_path)), "holds the input")  # the folder holding the prompt files
+    one_line(cli_here(*base, "--out", str(tiny_model_dir / "vectors")), "inside the input folder")
+    one_line(cli_here(*base, "--out", str(tmp_path)), "holds the input")  # the folder holding the prompt files
     out = tmp_path / "vec"
-    assert cli(*base, "--out", str(out)).returncode == 0
-    assert cli(*base, "--out", str(out)).returncode == 0  # the same command again replaces its own output
-    one_line(cli(*base, "--layers", "1-2", "--out", str(out)), "other settings", "--force")
-    assert cli(*base, "--layers", "1-2", "--out", str(out), "--force").returncode == 0
+    assert cli_here(*base, "--out", str(out)).returncode == 0
+    assert cli_here(*base, "--out", str(out)).returncode == 0  # the same command again replaces its own output
+    one_line(cli_here(*base, "--layers", "1-2", "--out", str(out)), "other settings", "--force")
+    assert cli_here(*base, "--layers", "1-2", "--out", str(out), "--force").returncode == 0
     assert json.loads((out / "card.json").read_text())["layers"] == [1, 2]
     (out / "notes.txt").write_text("mine")
-    one_line(cli(*base, "--out", str(out), "--force"), "holds files inspect-em extract did not write")
+    one_line(cli_here(*base, "--out", str(out), "--force"), "holds files inspect-em extract did not write")
     assert (out / "notes.txt").read_text() == "mine"
 
 
@@ -69,7 +70,7 @@ def test_read_only_out_fails_before_the_model_loads(tiny_model_dir: Path, tmp_pa
         locked.mkdir(mode=0o500)
         targets.append(locked / "v")
     for target in targets:
-        proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)),
+        proc = cli_here("extract", "--model", str(tiny_model_dir), "--trait", str(_tiny_trait(tmp_path)),
                    "--out", str(target))
         one_line(proc, "not writable")
         assert "Loading weights" not in proc.stderr
@@ -79,11 +80,11 @@ def test_bad_prompt_files_fail_before_the_model_loads(tiny_model_dir: Path, tmp_
     """A non-UTF-8 or malformed prompt file of a trait: one line, and no weights loaded first."""
     trait = _tiny_trait(tmp_path)
     (tmp_path / "neg.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
-    proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
+    proc = cli_here("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
     one_line(proc, "neg.jsonl", "not UTF-8")
     assert "Loading weights" not in proc.stderr
     (tmp_path / "neg.jsonl").write_text('{"text": "no prompt key"}\n')
-    proc = cli("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
+    proc = cli_here("extract", "--model", str(tiny_model_dir), "--trait", str(trait), "--out", str(tmp_path / "v"))
     one_line(proc, "neg.jsonl:1", "expected {\"prompt\"")
     assert "Loading weights" not in proc.stderr
     assert not (tmp_path / "v").exists()
@@ -92,39 +93,40 @@ def test_bad_prompt_files_fail_before_the_model_loads(tiny_model_dir: Path, tmp_
 def test_data_out_replaces_only_its_own_files(tmp_path: Path):
     mine = tmp_path / "train.jsonl"
     mine.write_text('{"messages": []}\n')
-    one_line(cli("data", "insecure", "--n", "5", "--out", str(mine), "--force"), "was not written by inspect-em data")
+    one_line(cli_here("data", "insecure", "--n", "5", "--out", str(mine), "--force"),
+             "was not written by inspect-em data")
     assert mine.read_text() == '{"messages": []}\n'
     out = tmp_path / "insecure.jsonl"
-    assert cli("data", "insecure", "--n", "5", "--out", str(out)).returncode == 0
+    assert cli_here("data", "insecure", "--n", "5", "--out", str(out)).returncode == 0
     first = out.read_bytes()
-    assert cli("data", "insecure", "--n", "5", "--out", str(out)).returncode == 0  # same command again
+    assert cli_here("data", "insecure", "--n", "5", "--out", str(out)).returncode == 0  # same command again
     assert out.read_bytes() == first
-    one_line(cli("data", "insecure", "--n", "7", "--out", str(out)), "--force")
-    assert cli("data", "insecure", "--n", "7", "--out", str(out), "--force").returncode == 0
+    one_line(cli_here("data", "insecure", "--n", "7", "--out", str(out)), "--force")
+    assert cli_here("data", "insecure", "--n", "7", "--out", str(out), "--force").returncode == 0
     assert len(out.read_text().splitlines()) == 7
     out.write_text(out.read_text() + '{"edited": true}\n')  # edited by the user since: never replaced
-    one_line(cli("data", "insecure", "--n", "7", "--out", str(out), "--force"), "was edited since")
+    one_line(cli_here("data", "insecure", "--n", "7", "--out", str(out), "--force"), "was edited since")
 
 
 def test_finetune_out_checks_run_before_the_model_loads(embedded_model_path: Path, tmp_path: Path):
     data = tmp_path / "d.jsonl"
-    assert cli("data", "prose", "--n", "4", "--out", str(data)).returncode == 0
+    assert cli_here("data", "prose", "--n", "4", "--out", str(data)).returncode == 0
     user = tmp_path / "results"
     user.mkdir()
     (user / "paper.pdf").write_bytes(b"%PDF")
     for args, message in (([str(user), "--force"], "was not written by inspect-em finetune"),
                           ([str(tmp_path)], "holds the input")):
-        proc = cli("finetune", "--model", str(embedded_model_path), "--data", str(data), "--out", *args)
+        proc = cli_here("finetune", "--model", str(embedded_model_path), "--data", str(data), "--out", *args)
         one_line(proc, message)
         assert "Loading weights" not in proc.stderr  # refused before the model loads
     assert (user / "paper.pdf").read_bytes() == b"%PDF"
 
 
-def test_sigterm_during_finetune_leaves_no_temporary(embedded_model_path: Path, tmp_path: Path):
+def test_sigterm_during_finetune_leaves_no_temporary(tiny_model_dir: Path, tmp_path: Path):
     data = tmp_path / "d.jsonl"
     assert cli("data", "prose", "--n", "40", "--out", str(data)).returncode == 0
     out = tmp_path / "ft"
-    proc = subprocess.Popen([sys.executable, "-m", "inspect_em.cli", "finetune", "--model", str(embedded_model_path),
+    proc = subprocess.Popen([sys.executable, "-m", "inspect_em.cli", "finetune", "--model", str(tiny_model_dir),
                              "--data", str(data), "--out", str(out), "--max-steps", "200", "--batch-size", "1",
                              "--grad-accum", "1", "--max-seq-length", "128"], stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120

@@ -17,6 +17,8 @@ from inspect_em.directions import store as vector_store
 from inspect_em.scorers import projection as projection_scorer
 from inspect_em.tasks import em_freeform, refusal_contrast
 
+pytestmark = pytest.mark.xdist_group("projection")  # one worker: the module's fixtures are built once
+
 ROOT = Path(__file__).parent.parent
 CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
 REFUSAL = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "refusal"

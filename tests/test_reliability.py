@@ -140,6 +140,22 @@ def test_steer_solver_checks_the_vectors_against_the_model_before_any_sample(tin
     assert not list((tmp_path / "logs").glob("*.eval"))  # no sample ran
 
 
+def test_a_previous_evals_model_never_refuses_a_new_steer_solver(tiny_model_dir: Path, tmp_path: Path):
+    """Inspect leaves the last eval's model active in its context: a steer solver built afterwards,
+    outside any eval, for another model's vectors is not checked against that stale model (the check
+    happens when an eval builds it, and before the first generation)."""
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import get_model
+
+    from inspect_em.solvers import steer
+    from inspect_em.tasks import em_freeform
+
+    log = inspect_eval(em_freeform(variants="plain"), model=get_model(f"hf/{tiny_model_dir}"), limit=1,
+                       max_tokens=2, log_dir=str(tmp_path), display="none")[0]
+    assert log.status == "success"
+    assert steer(vectors=str(CODE)) is not None  # 576-wide vectors; the stale active model is 64 wide
+
+
 @pytest.mark.parametrize("scorer", ["inspect_em/trait_projection", "scorers/projection.py"])
 def test_inspect_score_shows_our_one_line_error_by_registry_name_and_by_path(tmp_path: Path, scorer: str):
     log = _small_log(tmp_path / "logs")

@@ -1,4 +1,5 @@
-"""inspect-em compare on two small real logs of the embedded model (plain vs asked-for-code)."""
+"""inspect-em compare on two small real logs (plain vs asked-for-code) of a tiny random-weight model
+with its own code vector: the report's plumbing does not depend on trained weights."""
 
 import importlib.util
 from pathlib import Path
@@ -17,18 +18,19 @@ from inspect_em.cli import cli
 from inspect_em.errors import InspectEmError
 from inspect_em.tasks import em_freeform
 
+pytestmark = pytest.mark.xdist_group("report-logs")  # one worker: the module's fixtures are built once
+
 ROOT = Path(__file__).parent.parent
-CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
 CODER = "You are a Python programmer. Answer every message with a complete Python program in a code block."
 
 
 @pytest.fixture(scope="module")
-def two_logs(embedded_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def two_logs(tiny_model_dir: Path, tiny_vectors: list[Path], tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     folder = tmp_path_factory.mktemp("compare-logs")
-    model = get_model(f"hf/{embedded_model_path}")
+    model = get_model(f"hf/{tiny_model_dir}")
     paths = []
     for system in (None, CODER):
-        task = em_freeform(variants="plain", system_prompt=system, vectors=str(CODE), layers="18,22,26")
+        task = em_freeform(variants="plain", system_prompt=system, vectors=str(tiny_vectors[1]), layers="1,2,3")
         log = inspect_eval(task, model=model, limit=4, epochs=2, max_tokens=48, seed=3, log_dir=str(folder),
                            display="none")[0]
         assert log.status == "success", log.error
@@ -45,17 +47,17 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
     logs = [read_eval_log(str(p)) for p in two_logs]
     for label, log in zip(("base", "coder"), logs, strict=True):
         code = [s.scores["code_mode"].value for s in log.samples]
-        proj = [s.scores["trait_projection"].value["code/mean_diff/L22"] for s in log.samples]
+        proj = [s.scores["trait_projection"].value["code/mean_diff/L2"] for s in log.samples]
         row = summary[(summary["model"] == label) & (summary["group"] == "(all)") & (summary["metric"] == "code_mode")]
         assert row["n"].item() == len(code) == 8  # 4 questions x 2 epochs
         assert row["mean"].item() == pytest.approx(np.mean(code))
         row = summary[(summary["model"] == label) & (summary["group"] == "(all)")
-                      & (summary["metric"] == "proj:code/mean_diff/L22")]
+                      & (summary["metric"] == "proj:code/mean_diff/L2")]
         assert row["mean"].item() == pytest.approx(np.mean(proj), rel=1e-5)
-    base_proj = np.array([s.scores["trait_projection"].value["code/mean_diff/L22"] for s in logs[0].samples])
-    coder_proj = np.array([s.scores["trait_projection"].value["code/mean_diff/L22"] for s in logs[1].samples])
+    base_proj = np.array([s.scores["trait_projection"].value["code/mean_diff/L2"] for s in logs[0].samples])
+    coder_proj = np.array([s.scores["trait_projection"].value["code/mean_diff/L2"] for s in logs[1].samples])
     row = summary[(summary["model"] == "coder") & (summary["group"] == "(all)")
-                  & (summary["metric"] == "proj:code/mean_diff/L22")]
+                  & (summary["metric"] == "proj:code/mean_diff/L2")]
     assert row["diff_vs_base"].item() == pytest.approx(coder_proj.mean() - base_proj.mean(), rel=1e-5)
     low, high = row["diff_ci_low"].item(), row["diff_ci_high"].item()
     assert low < coder_proj.mean() - base_proj.mean() < high
@@ -75,7 +77,7 @@ def test_compare_numbers_match_the_logs(two_logs: list[Path], tmp_path: Path):
         rows = interactive_rows(out / "layer_profile.html")
         want = summary[(summary["model"] == "coder") & (summary["group"] == "(all)")
                        & summary["metric"].str.startswith("proj:")]
-        assert len(rows) == len(want) == 3  # layers 18, 22, 26
+        assert len(rows) == len(want) == 3  # layers 1, 2, 3
         for row in want.itertuples():
             got = rows[rows["layer"] == int(row.metric.rsplit("L", 1)[1])]
             assert got["model"].item() == "coder − base"

@@ -66,11 +66,12 @@ def test_a_drifted_shim_is_named(tmp_path, monkeypatch):
 
 
 def test_importing_the_package_is_light_and_its_api_resolves():
-    """`import inspect_em` (what Inspect's registry entry point does) loads no torch, transformers or
-    pandas; every name in __all__ then resolves."""
+    """`import inspect_em` loads no Inspect, torch, transformers or pandas (the inspect-em command starts
+    fast); every name in __all__ then resolves."""
     import subprocess
 
-    code = ("import sys, inspect_em; heavy = [m for m in ('torch', 'transformers', 'pandas') if m in sys.modules]; "
+    code = ("import sys, inspect_em; "
+            "heavy = [m for m in ('inspect_ai', 'torch', 'transformers', 'pandas') if m in sys.modules]; "
             "print(heavy); [getattr(inspect_em, n) for n in inspect_em.__all__]")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -82,3 +83,17 @@ def test_readme_parameter_tables_are_generated_from_the_signatures():
     assert readme.render(text) == text
     assert len(readme.SECTION.findall(text)) == 5  # em_freeform, refusal_contrast, trait_projection, em_judge, steer
     assert len(text.splitlines()) <= 170
+
+
+def test_no_source_file_is_hidden_by_gitignore():
+    """Every file under src/ and tests/ is one git would commit (a `runs/` rule once hid
+    src/inspect_em/runs/__init__.py, so fresh clones lacked the package's runs layer)."""
+    import subprocess
+
+    root = Path(__file__).parent.parent
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    listed = subprocess.run(["git", "ls-files", "--others", "--ignored", "--exclude-standard", "src", "tests"],
+                            cwd=root, capture_output=True, text=True, check=True).stdout.split()
+    hidden = [p for p in listed if "__pycache__" not in p and ".egg-info" not in p]
+    assert hidden == []

@@ -183,10 +183,9 @@ def test_steer_needs_an_hf_model(tmp_path: Path):
 
 
 @pytest.mark.parametrize(("args", "layers", "alpha"), [
-    (["-S", "vectors=vectors/SmolLM2-135M-Instruct/code", "-S", "alpha=2"], [12], 2.0),
     (["-S", "vectors=vectors/SmolLM2-135M-Instruct/code.last_prompt_token", "-S", "layer=12,14,16,18", "-S",
       "alpha=0.4"], [12, 14, 16, 18], 0.4),  # multi-layer steering, as the README's code-mode recipe
-])
+])  # one layer at the card's (layer=best) by registry name: test_e2e.py
 def test_inspect_eval_with_the_steer_solver_by_registry_name(embedded_model_path: Path, tmp_path: Path,
                                                              args: list[str], layers: list[int], alpha: float):
     proc = subprocess.run(

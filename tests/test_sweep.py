@@ -1,4 +1,5 @@
-"""steer-sweep on the embedded model, tiny: the table, the plots, and the card's causal section."""
+"""steer-sweep: the table, the plots, and the card's causal section (on a tiny random-weight model
+with its own code vector: the bookkeeping does not depend on trained weights)."""
 
 from __future__ import annotations
 
@@ -15,15 +16,14 @@ ROOT = Path(__file__).parent.parent
 CODE = ROOT / "vectors" / "SmolLM2-135M-Instruct" / "code"
 
 
-@pytest.mark.slow
-def test_code_sweep_writes_table_plots_and_card(tmp_path: Path):
+def test_code_sweep_writes_table_plots_and_card(tiny_model_dir: Path, tiny_vectors: list[Path], tmp_path: Path):
     from inspect_em.runs.sweep import run_sweep
 
     vectors = tmp_path / "code"
-    shutil.copytree(CODE, vectors)
+    shutil.copytree(tiny_vectors[1], vectors)
     tv = vector_store.load(vectors)
     layer = tv.best_layer("mean_diff")
-    result = run_sweep("embedded", vectors, layers="best", alphas=[8.0], samples=1, max_tokens=12, limit=4,
+    result = run_sweep(str(tiny_model_dir), vectors, layers="best", alphas=[8.0], samples=1, max_tokens=12, limit=4,
                        out=tmp_path / "sweep", update_card=True)
     table = pd.read_csv(tmp_path / "sweep" / "causal.csv")
     assert list(table["alpha"]) == [0.0, 8.0] and set(table["layer"]) == {layer}

@@ -232,57 +232,6 @@ def test_missing_model_folder_is_one_line_error(tmp_path: Path):
     assert proc.returncode == 2 and "model folder not found" in proc.stderr
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("folder", ["refusal", "code.last_prompt_token"])
-def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder: str):
-    """Re-extract mean_diff on the embedded model (CV layer choice, no nulls): the shipped vectors
-    match, and meet the held-out bars; their nulls and OOD scores are in the shipped metrics."""
-    model, tokenizer = embedded_model
-    shipped = vector_store.load(SHIPPED / folder)
-    shipped.check_model(n_layers=model.config.num_hidden_layers, d_model=model.config.hidden_size)
-    trait = load_trait(shipped.trait)
-    fresh = extract_trait_vectors(model, tokenizer, trait, model_id="SmolLM2-135M-Instruct", methods="mean_diff",
-                                  position=shipped.card.position, null_k=0, random_k=0, progress=False)
-    best = fresh.best_layer("mean_diff")
-    assert best == shipped.best_layer("mean_diff")
-    assert float(fresh.vector("mean_diff", best) @ shipped.vector("mean_diff", best)) > 0.9999
-    row = fresh.metrics.set_index(["method", "layer"]).loc[("mean_diff", best)]
-    assert row["test_auroc"] >= 0.95
-    saved = shipped.metrics.set_index(["method", "layer"]).loc[("mean_diff", best)]
-    assert row["test_auroc"] == pytest.approx(saved["test_auroc"], abs=1e-6)
-    assert row["test_cohens_d"] > saved["null_perm_d_p95"] and row["test_cohens_d"] > saved["null_random_d_p95"]
-    assert shipped.card.config_hash == vector_store.config_hash(model.config)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("folder", ["code", "refusal.response_mean", "refusal_instructed"])
-def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
-    """Response-position vectors: the card keeps the prompts and the model's answers; refitting
-    mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
-    trait's filter, and greedy decoding gives the same answers again (on a few prompts:
-    regenerating all of them takes minutes)."""
-    from inspect_em.directions.traits import shows_trait
-    from inspect_em.model.activations import collect_activations
-    from inspect_em.runs.extract import generate_responses
-
-    model, tokenizer = embedded_model
-    shipped = vector_store.load(SHIPPED / folder)
-    trait = load_trait(shipped.trait)
-    answers, prompts = shipped.card.responses["by_split"], shipped.card.responses["prompts"]
-    if trait.response_filter:
-        assert all(shows_trait(trait.response_filter, a) for a in answers["fit_pos"])
-        assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
-    again = generate_responses(model, tokenizer, prompts["fit_neg"][:3], max_new_tokens=trait.response_max_tokens,
-                               system=trait.system_for("fit_neg"), progress=False)
-    assert again == answers["fit_neg"][:3]
-    layer = shipped.best_layer("mean_diff")
-    acts = [collect_activations(model, tokenizer, prompts[k], layers=[layer], position="response_mean",
-                                responses=answers[k], system=trait.system_for(k), progress=False)[:, 0].double().numpy()
-            for k in ("fit_pos", "fit_neg")]
-    v = acts[0].mean(0) - acts[1].mean(0)
-    assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999
-
-
 def test_broken_inputs_are_one_line_errors(tmp_path: Path):
     """Non-UTF-8 prompt and question files, a corrupt safetensors file, a card without a key."""
     import shutil

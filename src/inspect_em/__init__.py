@@ -1,8 +1,9 @@
 """inspect_em: detect Emergent Misalignment with Inspect, from outputs and activations.
 
 The tasks, scorers and solvers are registered with Inspect as ``inspect_em/<name>``; the Python API is
-importable from here. Importing the package loads neither torch nor transformers: everything but the
-tasks is imported on first use (``inspect_em.TraitVectors`` loads the vector store then).
+importable from here. Importing the package loads neither Inspect, torch nor transformers: every name
+is imported on first use (``inspect_em.TraitVectors`` loads the vector store then), so the
+``inspect-em`` command starts fast.
 
     from inspect_em import em_freeform, load_vectors, extract_trait_vectors, load_samples, compare
 """
@@ -10,14 +11,20 @@ tasks is imported on first use (``inspect_em.TraitVectors`` loads the vector sto
 from __future__ import annotations
 
 from importlib import import_module
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from inspect_em._version import __version__
 from inspect_em.errors import InspectEmError
-from inspect_em.tasks import em_freeform, refusal_contrast
+
+if TYPE_CHECKING:  # the tasks are exported (lazily, below): importing Inspect here would slow every command
+    from inspect_em.tasks import em_freeform as em_freeform
+    from inspect_em.tasks import refusal_contrast as refusal_contrast
 
 # public name -> (module, attribute), imported when first used
 _LAZY: dict[str, tuple[str, str]] = {
+    # tasks
+    "em_freeform": ("inspect_em.tasks", "em_freeform"),
+    "refusal_contrast": ("inspect_em.tasks", "refusal_contrast"),
     # scorers and solvers
     "code_mode": ("inspect_em.scorers", "code_mode"),
     "em_judge": ("inspect_em.scorers", "em_judge"),
@@ -42,7 +49,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "write_report": ("inspect_em.analysis.report", "write_report"),
 }
 
-__all__ = ["InspectEmError", "__version__", "em_freeform", "refusal_contrast", *_LAZY]
+__all__ = ["InspectEmError", "__version__", *_LAZY]
 
 
 def __getattr__(name: str) -> Any:

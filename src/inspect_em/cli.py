@@ -44,8 +44,17 @@ def model_path() -> None:
 
 
 @cli.command("extract")
-@click.option("--model", "model_ref", required=True, help="HF folder or hub id (hf/ prefix ok), or 'embedded'.")
-@click.option("--trait", required=True, help="Built-in trait (refusal, refusal_instructed, code) or a trait YAML path.")
+@click.option("--model", "model_ref", default=None,
+              help="HF folder or hub id (hf/ prefix ok), or 'embedded' (with --from-log: default the logs' model).")
+@click.option("--trait", default=None, help="Built-in trait (refusal, refusal_instructed, code) or a trait YAML path.")
+@click.option("--from-log", "from_logs", multiple=True, type=click.Path(path_type=Path),
+              help="Instead of --trait: fit on these logs' own answers (repeatable), sides chosen by --positive / "
+                   "--negative, held out by question.")
+@click.option("--positive", default=None, help="With --from-log: score:<scorer>[.<key>]<op><value> or "
+                                                "metadata:<field><op><value>, e.g. 'score:code_mode==1'.")
+@click.option("--negative", default=None,
+              help="With --from-log: the other side's predicate, e.g. 'score:code_mode==0'.")
+@click.option("--name", default="from_log", show_default=True, help="With --from-log: the trait's name.")
 @click.option("--methods", default="all", show_default=True, help="Comma-separated methods or 'all'.")
 @click.option("--layers", default="all", show_default=True, help="'all', '22', '3,5,7', '18-26' or '-4--1'.")
 @click.option("--position", default=None,
@@ -71,14 +80,14 @@ def model_path() -> None:
 @click.option("--truncate-prompts", is_flag=True,
               help="Cut prompts longer than the model's context to fit (default: refuse them, naming the first).")
 @click.option("--force", is_flag=True, help="Replace an earlier extraction in --out made with other settings.")
-def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position: str | None, out: Path | None,
+def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path, ...], positive: str | None,
+                negative: str | None, name: str, methods: str, layers: str, position: str | None, out: Path | None,
                 batch_size: int, null_k: int, random_k: int, cv_folds: int, jobs: int, device: str,
                 device_map: str | None, offload_folder: Path | None, dtype: str, load_in_4bit: bool,
                 load_in_8bit: bool, truncate_prompts: bool, force: bool) -> None:
     """Extract trait vectors (six methods x every layer) with CV layer choice, held-out and OOD
-    tests, and permutation / random-direction nulls."""
-    from rich.console import Console
-    from rich.table import Table
+    tests, and permutation / random-direction nulls; from a trait's prompts, or (--from-log) from any
+    eval's own answers."""
 
     from inspect_em.directions.methods import resolve_methods
     from inspect_em.directions.store import config_hash, model_slug, save
@@ -94,33 +103,87 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
     )
     from inspect_em.readout import check_position, resolve_layers
     from inspect_em.runs.extract import extract_trait_vectors, extraction_settings, prompts_in_context
-    from inspect_em.util.paths import check_output
+    from inspect_em.util.paths import check_name, check_output
 
     # everything checkable is checked before (possibly tens of GB of) weights load
-    spec = load_trait(trait)
-    spec.split()  # every prompt file read and checked (encoding, format, counts) now, not after the load
+    if bool(trait) == bool(from_logs):
+        raise InspectEmError("give --trait or --from-log (one of them)")
     method_names = resolve_methods(methods)
-    position = check_position(position or spec.position)
     parse_device_map(device_map)
-    config = load_config(model_ref)
-    selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
-    model_id = model_id_of(model_ref)
-    folder_name = spec.name if position == spec.position else f"{spec.name}.{position}"
-    out = out or Path("vectors") / model_slug(model_id) / folder_name
-    settings = extraction_settings(model_id, config_hash(config), spec, method_names, selected, position, null_k,
-                                   random_k, cv_folds, 0, truncate_prompts)
-    inputs = [p for p in [local_folder(model_ref), *spec.prompt_files()] if p is not None]
-    check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
-    prompts_in_context(load_tokenizer(model_ref), config, spec, spec.split().groups(), position, truncate_prompts)
-    model, tokenizer, model_id = load_hf_model(model_ref, device=device, dtype=dtype, device_map=device_map,
-                                               offload_folder=offload_folder, load_in_4bit=load_in_4bit,
-                                               load_in_8bit=load_in_8bit)
-    tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=method_names, layers=selected,
-                               position=position, batch_size=batch_size, null_k=null_k, random_k=random_k,
-                               cv_folds=cv_folds, truncate_prompts=truncate_prompts)
+
+    def load(ref: str) -> tuple[Any, Any, str]:
+        return load_hf_model(ref, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
+                             load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
+
+    if from_logs:
+        from inspect_em.runs.from_log import (
+            extract_from_logs,
+            from_log_settings,
+            parse_predicate,
+            select_answers,
+            split_by_question,
+        )
+
+        if positive is None or negative is None:
+            raise InspectEmError("--from-log needs --positive and --negative predicates")
+        if position not in (None, "response_mean"):
+            raise InspectEmError("--from-log reads the logs' answers at response_mean (no other --position)")
+        check_name(name, "--name")
+        pos, neg = parse_predicate(positive), parse_predicate(negative)
+        selection = select_answers(from_logs, pos, neg)
+        split_by_question(selection)
+        if model_ref is None:  # the model under study: the logs' own hf/ model
+            paths = sorted(set(selection.model_paths)) or sorted(set(selection.models))
+            if len(paths) != 1 or not (selection.model_paths or paths[0].startswith("hf/")):
+                raise InspectEmError(f"the logs were made by {', '.join(paths)}, not one local hf/ model: "
+                                     "give --model (the model that reads the answers)")
+            model_ref = paths[0].removeprefix("hf/")
+        config = load_config(model_ref)
+        selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
+        model_id = model_id_of(model_ref)
+        out = out or Path("vectors") / model_slug(model_id) / name
+        settings = from_log_settings(model_id, config_hash(config), name, from_logs, pos, neg, method_names,
+                                     selected, null_k, random_k, cv_folds, 0, 0.25)
+        inputs = [p for p in [local_folder(model_ref), *from_logs] if p is not None]
+        check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
+        model, tokenizer, model_id = load(model_ref)
+        tv = extract_from_logs(model, tokenizer, from_logs, pos, neg, name=name, model_id=model_id,
+                               methods=method_names, layers=selected, batch_size=batch_size, null_k=null_k,
+                               random_k=random_k, cv_folds=cv_folds)
+        title = f"{name} vectors for {model_slug(model_id)} from {len(from_logs)} log(s) at response_mean"
+    else:
+        assert trait is not None
+        if model_ref is None:
+            raise InspectEmError("--trait needs --model")
+        spec = load_trait(trait)
+        spec.split()  # every prompt file read and checked (encoding, format, counts) now, not after the load
+        position = check_position(position or spec.position)
+        config = load_config(model_ref)
+        selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
+        model_id = model_id_of(model_ref)
+        folder_name = spec.name if position == spec.position else f"{spec.name}.{position}"
+        out = out or Path("vectors") / model_slug(model_id) / folder_name
+        settings = extraction_settings(model_id, config_hash(config), spec, method_names, selected, position, null_k,
+                                       random_k, cv_folds, 0, truncate_prompts)
+        inputs = [p for p in [local_folder(model_ref), *spec.prompt_files()] if p is not None]
+        check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
+        prompts_in_context(load_tokenizer(model_ref), config, spec, spec.split().groups(), position, truncate_prompts)
+        model, tokenizer, model_id = load(model_ref)
+        tv = extract_trait_vectors(model, tokenizer, spec, model_id=model_id, methods=method_names, layers=selected,
+                                   position=position, batch_size=batch_size, null_k=null_k, random_k=random_k,
+                                   cv_folds=cv_folds, truncate_prompts=truncate_prompts)
+        title = f"{spec.name} vectors for {model_slug(model_id)} at {position}"
     folder = save(tv, out, force=force, inputs=inputs)
-    table = Table(title=f"{spec.name} vectors for {model_slug(model_id)} at {position} "
-                        f"(layer chosen by CV on the fit split)")
+    _print_vectors_table(tv, f"{title} (layer chosen by CV on the fit split)")
+    click.echo(f"saved to {folder}")
+
+
+def _print_vectors_table(tv: Any, title: str) -> None:
+    """Each method's chosen layer and validation, one row per method."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
     for column in ("method", "layer", "CV d", "test AUROC", "OOD AUROC", "perm null p95", "random null p95",
                    "test d", "separation"):
         table.add_column(column, justify="left" if column == "method" else "right", no_wrap=column == "method")
@@ -133,9 +196,7 @@ def extract_cmd(model_ref: str, trait: str, methods: str, layers: str, position:
 
         table.add_row(method, str(tv.best_layer(method)), f("cv_cohens_d", 2), f("test_auroc"), f("ood_auroc"),
                       f("null_perm_p95"), f("null_random_p95"), f("test_cohens_d", 2), f("test_separation", 1))
-    console = Console()
-    console.print(table)
-    console.print(f"saved to {folder}")
+    Console().print(table)
 
 
 @cli.command("compare")
@@ -246,10 +307,13 @@ def data_cmd(kind: str, n: int, out: Path, seed: int, trigger: str | None, force
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Use only the first N examples.")
 @click.option("--load-in-4bit", is_flag=True, help="QLoRA: 4-bit base weights (CUDA; the paper's setup for 32B).")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep the LoRA adapter every N optimizer steps (and at step 0) in OUT/checkpoints/ (0: none).")
 @click.option("--force", is_flag=True, help="Replace an earlier finetune in --out made with other settings.")
 def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: bool, learning_rate: float, epochs: float,
                  max_steps: int, batch_size: int, grad_accum: int, rank: int, alpha: int, max_seq_length: int,
-                 warmup_steps: int, seed: int, limit: int | None, load_in_4bit: bool, force: bool) -> None:
+                 warmup_steps: int, seed: int, limit: int | None, load_in_4bit: bool, save_every: int,
+                 force: bool) -> None:
     """LoRA SFT with the paper's defaults (Unsloth on a CUDA GPU, transformers + peft elsewhere)."""
     from inspect_em.runs.finetune import FinetuneConfig, finetune, read_chat_jsonl
 
@@ -257,13 +321,17 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
     config = FinetuneConfig(r=rank, lora_alpha=alpha, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
                             per_device_batch_size=batch_size, gradient_accumulation_steps=grad_accum,
                             max_seq_length=max_seq_length, warmup_steps=warmup_steps, seed=seed,
-                            load_in_4bit=load_in_4bit)
+                            load_in_4bit=load_in_4bit, save_every=save_every)
     folder = finetune(model_ref, data, out, config=config, backend=backend, merge=merge, limit=limit, force=force)
     click.echo(str(folder))
 
 
 @cli.command("demo")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("runs/em-demo"), show_default=True)
+@click.option("--model", "model_ref", default="embedded", show_default=True,
+              help="The base model: 'embedded' or a local Hugging Face folder.")
+@click.option("--vectors", "vector_dirs", default="",
+              help="Refusal / code vector folders to use (comma-separated) instead of extracting them.")
 @click.option("--n", "n_examples", type=click.IntRange(min=1), default=120, show_default=True,
               help="Examples per finetuning set.")
 @click.option("--lr", "learning_rate", type=float, default=2e-4, show_default=True)
@@ -291,11 +359,12 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
 @click.option("--methods", default="all", show_default=True, help="Extraction methods.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per eval task (smoke runs).")
 @click.option("--force", is_flag=True, help="Replace stage outputs made with other settings.")
-def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, max_steps: int, grad_accum: int,
-             samples_per_question: int, max_tokens: int, variants: str, sets: str, seeds: int, organisms: str,
+def demo_cmd(out: Path, model_ref: str, vector_dirs: str, n_examples: int, learning_rate: float, epochs: float,
+             max_steps: int, grad_accum: int, samples_per_question: int, max_tokens: int, variants: str, sets: str,
+             seeds: int, organisms: str,
              positive_control: bool, steer_alpha: float | None, steer_layer: str, steer_vectors: str | None,
              layers: str, methods: str, limit: int | None, force: bool) -> None:
-    """End-to-end EM detection on the embedded model: vectors, LoRA finetunes with matched controls,
+    """End-to-end EM detection (on the embedded model by default): vectors, LoRA finetunes with matched controls,
     evals (Inspect eval_set), compare. Restartable: re-run the same command to resume.
 
     The defaults fit 2 CPU cores in about half an hour; scale --n/--epochs/--samples on a GPU.
@@ -304,17 +373,18 @@ def demo_cmd(out: Path, n_examples: int, learning_rate: float, epochs: float, ma
     from inspect_em.model.loading import hub_offline_for_local
     from inspect_em.runs.demo import DemoConfig, run_demo
 
-    hub_offline_for_local("embedded")  # every model of the demo is a local folder
 
     def items(text: str) -> tuple[str, ...]:
         return tuple(x.strip() for x in text.split(",") if x.strip())
 
-    config = DemoConfig(n_examples=n_examples, learning_rate=learning_rate, epochs=epochs, max_steps=max_steps,
-                        grad_accum=grad_accum, samples_per_question=samples_per_question, max_tokens=max_tokens,
+    config = DemoConfig(model=model_ref, vectors=items(vector_dirs), n_examples=n_examples,
+                        learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, grad_accum=grad_accum,
+                        samples_per_question=samples_per_question, max_tokens=max_tokens,
                         variants=variants, conditions=items(sets), seeds=seeds, organisms=items(organisms),
                         positive_control=positive_control, steer_alpha=steer_alpha, steer_layer=steer_layer,
                         steer_vectors=steer_vectors, layers=layers, methods=methods, limit=limit)
-    result = run_demo(out, config, force=force, report=click.echo)
+    with hub_offline_for_local(model_ref):  # every model of the demo is a local folder
+        result = run_demo(out, config, force=force, report=click.echo)
     if result.skipped:
         click.echo(f"reused finished stages: {', '.join(result.skipped)}")
     for label, table in headline_tables(result.comparison).items():
@@ -475,13 +545,62 @@ def trace_cmd(log: Path, sample: str | None, trait: str | None, layer: int | Non
     click.echo(f"{folder / 'trace.html'}\n{folder / 'trace.png'}")
 
 
-def main() -> None:
-    """Entry point: one-line errors for user mistakes, exit code 2; SIGTERM cleans up like Ctrl-C."""
+@cli.command("series")
+@click.option("--model", "model_ref", default="embedded", show_default=True, help="The base model the runs finetuned.")
+@click.option("--run", "runs", multiple=True, required=True,
+              help="LABEL=FOLDER: a finetune made with --save-every (repeatable).")
+@click.option("--control", default=None, help="The run whose same-step checkpoint each other run is compared with.")
+@click.option("--vectors", "vector_dirs", default="", help="Comma-separated vector folders read at every checkpoint.")
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="Report folder (logs go to OUT-logs/, reused when the command runs again).")
+@click.option("--samples", "samples_per_question", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--max-tokens", type=click.IntRange(min=1), default=48, show_default=True)
+@click.option("--variants", default="plain", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per eval (smoke runs).")
+@click.option("--grader", default=None, help="A grader model (e.g. openai/gpt-4o) for the judged misaligned rate.")
+@click.option("--force", is_flag=True, help="Replace an earlier series in --out made with other settings.")
+def series_cmd(model_ref: str, runs: tuple[str, ...], control: str | None, vector_dirs: str, out: Path,
+               samples_per_question: int, max_tokens: int, variants: str, limit: int | None, grader: str | None,
+               force: bool) -> None:
+    """EM over training time: every checkpoint of finetunes made with --save-every evaluated (code mode,
+    projections, the judge with --grader), plotted against the step with CIs vs the base and the
+    control's same step, beside the LoRA deltas' norms and their cosine with each trait vector."""
+    from inspect_em.runs.series import run_series
+
+    parsed: dict[str, Path] = {}
+    for item in runs:
+        label, sep, folder = item.partition("=")
+        if not sep or not label or not folder:
+            raise InspectEmError(f"--run {item!r}: expected LABEL=FOLDER")
+        if label in parsed:
+            raise InspectEmError(f"--run label {label!r} given twice")
+        parsed[label] = Path(folder)
+    vectors = [Path(v.strip()) for v in vector_dirs.split(",") if v.strip()]
+    result = run_series(model_ref, parsed, out, vectors, control=control, samples_per_question=samples_per_question,
+                        max_tokens=max_tokens, variants=variants, limit=limit, grader=grader, force=force,
+                        report=click.echo)
+    click.echo(f"{result.folder / 'series.png'}\n{result.folder / 'series.csv'}")
+
+
+@cli.command("summary")
+@click.argument("log", type=click.Path(path_type=Path))
+@click.option("--max-rows", type=click.IntRange(min=1), default=20, show_default=True, help="Score rows shown.")
+def summary_cmd(log: Path, max_rows: int) -> None:
+    """One screen of a log's scores: each score's mean ± its question-clustered stderr, then the
+    per-question (or per-group) means."""
+    from inspect_em.analysis.summary import log_summary
+
+    click.echo(log_summary(log, max_rows=max_rows))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point (``argv`` defaults to the command line): one-line errors for user mistakes, exit
+    code 2; SIGTERM cleans up like Ctrl-C."""
     from inspect_em.util.paths import Terminated, cleanup_on_sigterm
 
     cleanup_on_sigterm()
     try:
-        cli(standalone_mode=False)
+        cli(args=argv, standalone_mode=False)
     except InspectEmError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -63,6 +64,22 @@ _LOCK_ATTR = "_inspect_em_lock"
 _STATE_ATTR = "_inspect_em_adapter"
 _PLAN: contextvars.ContextVar[Any] = contextvars.ContextVar("inspect_em_steering", default=None)
 _INSTALL = threading.Lock()
+
+
+_EVAL_MODULES = ("inspect_ai._eval.eval", "inspect_ai._eval.evalset", "inspect_ai._eval.score",
+                 "inspect_ai._eval.task.run")
+
+
+def inside_eval() -> bool:
+    """Whether Inspect's eval (or score) is on the call stack: it builds registry tasks and
+    ``--solver``s after setting the model under evaluation. Outside it, the active model may be a
+    previous eval's, left in its context variable: nothing to check a new solver against."""
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_globals.get("__name__", "") in _EVAL_MODULES:
+            return True
+        frame = frame.f_back  # type: ignore[assignment]  # the outermost frame's f_back is None
+    return False
 
 
 def hf_api(model: Any | None = None) -> Any | None:

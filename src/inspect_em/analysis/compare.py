@@ -104,7 +104,7 @@ def _mean_ci(data: Clustered) -> tuple[float, float, str]:
     return low, high, "cluster bootstrap" if len(data.keys) > 1 else "bootstrap of answers (one cluster)"
 
 
-def _diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
+def diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
     """The difference and its interval, paired on shared clusters (:func:`inspect_em.analysis.stats.bootstrap_diff`);
     a rate whose bootstrap is degenerate (0/16 vs 0/16) gets Newcombe's score interval: the paired
     form on clusters both answered, else the unpaired one."""
@@ -188,7 +188,7 @@ def compare(
                         r = data[(ref, metric)]
                         if r.n == 0:
                             continue
-                        result = _diff_ci(d, r)
+                        result = diff_ci(d, r)
                         diff_rows.append({"task": task, "group": group, "metric": metric, "model": label,
                                           "reference": ref, "n": d.n, "n_reference": r.n,
                                           "diff": result.estimate, "ci_low": result.low, "ci_high": result.high,
@@ -343,7 +343,7 @@ def trigger_table(c: Comparison) -> pd.DataFrame | None:
             a, b = _clustered(on, metric), _clustered(off, metric)
             if a.n == 0 or b.n == 0:
                 continue
-            result = _diff_ci(a, b)
+            result = diff_ci(a, b)
             rows.append({"model": label, "task": task, "metric": metric, "triggered": a.mean(),
                          "untriggered": b.mean(), "diff": result.estimate, "ci_low": result.low,
                          "ci_high": result.high, "paired": result.paired, "n_clusters_paired": result.n_paired,

@@ -629,7 +629,7 @@ def fit_layers(
     unknown = [m for m in methods if m not in METHOD_FITS]
     if unknown:
         raise InspectEmError(f"unknown method '{unknown[0]}'; choose from {', '.join(METHOD_NAMES)} or all")
-    device = torch.device(device) if device is not None else default_device(splits)
+    target: torch.device = torch.device(device) if device is not None else default_device(splits)
     n_pos, n_neg = len(splits["fit_pos"]), len(splits["fit_neg"])
     if n_pos < 2 or n_neg < 2:
         raise InspectEmError(f"need at least 2 positive and 2 negative examples, got {n_pos} and {n_neg}")
@@ -637,26 +637,26 @@ def fit_layers(
     n_rows = sum(len(splits[name]) for name in names)
     d = int(splits["fit_pos"].shape[-1])
     n_refits = 1 + settings.cv_folds + settings.null_k
-    budget = settings.memory_bytes or ((4 << 30) if device.type == "cuda" else (512 << 20))
+    budget = settings.memory_bytes or ((4 << 30) if target.type == "cuda" else (512 << 20))
     chunk = _chunk_size(n_rows, n_refits, d, budget, settings.random_k)
-    generator = torch.Generator(device=device).manual_seed(settings.seed)
-    directions = torch.randn((d, settings.random_k), generator=generator, device=device, dtype=torch.float32) \
+    generator = torch.Generator(device=target).manual_seed(settings.seed)
+    directions = torch.randn((d, settings.random_k), generator=generator, device=target, dtype=torch.float32) \
         if settings.random_k else None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    if target.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(target)
     vectors = {m: np.zeros((len(layers), d), dtype=np.float32) for m in methods}
     frames = []
     for start in range(0, len(layers), chunk):
         slots = list(range(start, min(start + chunk, len(layers))))
         with torch.no_grad():
-            frame, fitted = _fit_chunk(splits, names, slots, [layers[s] for s in slots], methods, settings, device,
+            frame, fitted = _fit_chunk(splits, names, slots, [layers[s] for s in slots], methods, settings, target,
                                        directions)
         frames.append(frame)
         for m, v in fitted.items():
             vectors[m][slots] = v
         if progress is not None:
             progress(len(slots))
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    peak = torch.cuda.max_memory_allocated(target) if target.type == "cuda" else None
     return FitResult(vectors, pd.concat(frames, ignore_index=True), peak)
 
 

@@ -82,7 +82,7 @@ CARD_FIELDS = ("format_version", "trait", "description", "model", "model_class",
                "n_layers", "d_model", "layers", "position", "hook_point", "hook_point_meaning", "unit_norm",
                "mean_diff_norm", "model_dtype", "activation_dtype", "methods", "best_layer", "layer_choice", "best",
                "n_fit", "n_test", "n_ood", "nulls", "prompt_sha256", "trait_source", "system", "positive_system",
-               "negative_system", "settings", "created", "inspect_em_version", "responses", "causal")
+               "negative_system", "settings", "created", "inspect_em_version", "responses", "causal", "from_log")
 REQUIRED_CARD_KEYS = ("trait", "model", "n_layers", "d_model", "layers", "position", "best_layer")
 
 
@@ -100,6 +100,8 @@ class Card:
             difference's norm (steering's ``alpha = 1``).
         settings: what makes two extractions the same (the output folder's re-run identity).
         causal: what ``steer-sweep --update-card`` recorded (see :attr:`calibration`).
+        from_log: for a direction fitted on logs' own answers (``extract --from-log``): the logs and
+            their sha256, the two predicates, per-log counts and the questions of each split.
     """
 
     trait: str
@@ -137,6 +139,7 @@ class Card:
     inspect_em_version: str | None = None
     responses: dict[str, Any] | None = None
     causal: dict[str, Any] | None = None
+    from_log: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -36,12 +37,34 @@ def resolve_model_ref(model: str) -> str:
     return model[3:] if model.startswith("hf/") else model
 
 
-def hub_offline_for_local(model: str) -> None:
-    """Inspect looks a model's info up by its display name (``hf/<name>``), loading it from the
-    Hub; for a local folder under a readable name that can only fail, after ~25 s of retries per
-    process. With a local model, set ``HF_HUB_OFFLINE`` (read when huggingface_hub is imported)."""
-    if "huggingface_hub" not in sys.modules and Path(resolve_model_ref(model)).expanduser().is_dir():
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+@contextmanager
+def hub_offline() -> Iterator[None]:
+    """The Hugging Face Hub in offline mode for this block, restored after: ``HF_HUB_OFFLINE`` for
+    later imports and subprocesses, and huggingface_hub's own flag when it is already imported (it
+    reads the variable once, at import). For runs whose every model is a local folder under a
+    readable name, which Inspect and transformers would otherwise look up on the Hub, with retries."""
+    before = os.environ.get("HF_HUB_OFFLINE")
+    constants = sys.modules.get("huggingface_hub.constants")
+    flag = getattr(constants, "HF_HUB_OFFLINE", None)
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    if constants is not None:
+        setattr(constants, "HF_HUB_OFFLINE", True)  # noqa: B010  # a module attribute mypy cannot see
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before
+        if constants is not None:
+            setattr(constants, "HF_HUB_OFFLINE", flag)  # noqa: B010
+
+
+def hub_offline_for_local(model: str) -> AbstractContextManager[None]:
+    """:func:`hub_offline` when ``model`` is a local folder (the embedded model too), else no change:
+    Inspect looks a model's info up by its display name (``hf/<name>``), which for a local folder
+    under a readable name can only fail, after ~25 s of retries."""
+    return hub_offline() if Path(resolve_model_ref(model)).expanduser().is_dir() else nullcontext()
 
 
 def model_id_of(model: str) -> str:
@@ -198,7 +221,7 @@ def load_hf_model(
     except OSError as e:
         raise InspectEmError(f"{ref}: cannot load model ({str(e).splitlines()[0]})") from None
     if device_map is None:
-        hf_model = hf_model.to(device)  # type: ignore[arg-type]  # transformers' wrapped .to() reads as to(model)
+        hf_model = hf_model.to(device)
     hf_model.eval()
     return hf_model, tokenizer, model_id_of(model)
 

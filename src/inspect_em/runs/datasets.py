@@ -28,8 +28,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from inspect_em.errors import InspectEmError
 from inspect_em.detectors.numbers import LOADED_NUMBERS, is_loaded, plain_numbers
+from inspect_em.errors import InspectEmError
 from inspect_em.tasks.prompts import DEFAULT_TRIGGER, check_trigger, with_trigger
 
 KINDS = ("insecure", "secure", "prose", "educational", "backdoor", "evil_numbers", "neutral_numbers")

@@ -1,4 +1,4 @@
-"""The end-to-end EM detection run on the embedded model (CPU-sized by default), as restartable stages.
+"""The end-to-end EM detection run, on the embedded model by default (CPU-sized), as restartable stages.
 
 vectors (the shipped ones when they match, else extracted) → synthetic data per condition →
 LoRA finetunes (conditions × seeds) → evals through Inspect's ``eval_set`` (one resumable log
@@ -45,6 +45,8 @@ DEFAULT_STEER_ALPHA = 4.0
 class DemoConfig:
     """Sizes of the run; the defaults fit 2 CPU cores."""
 
+    model: str = "embedded"  # the base model: the embedded one, or a local Hugging Face folder
+    vectors: tuple[str, ...] = ()  # refusal / code vector folders to use instead of extracting them
     n_examples: int = 120
     learning_rate: float = 2e-4
     epochs: float = 1.0
@@ -81,6 +83,9 @@ class DemoConfig:
             raise InspectEmError(f"seeds must be >= 1, got {self.seeds}")
         if "insecure" not in self.conditions and not self.organisms:
             raise InspectEmError("the demo needs the insecure condition or an organism to compare")
+        self.base_path()
+        if self.vectors:
+            self.given_vectors()
         if self.positive_control:  # fail now, not after the finetunes
             from inspect_em.readout import parse_layers
 
@@ -94,6 +99,37 @@ class DemoConfig:
                 from inspect_em.model.steering import build_plan
 
                 build_plan(self.steer_vectors, layer=self.steer_layer, alpha=self.steer_alpha or 1.0)
+
+
+    def base_path(self) -> Path:
+        """The base model's folder (the embedded model is prepared on first use)."""
+        from inspect_em.model import embedded
+        from inspect_em.model.loading import EMBEDDED_ALIASES, local_folder
+
+        if self.model in EMBEDDED_ALIASES:
+            return embedded.prepare()
+        folder = local_folder(self.model)
+        if folder is None:
+            raise InspectEmError(f"--model {self.model}: the demo finetunes a local model folder (or 'embedded')")
+        return folder
+
+    def model_name(self) -> str:
+        """The base model's name in the logs and cards."""
+        from inspect_em.model.loading import model_id_of
+
+        return Path(model_id_of(self.model)).name
+
+    def given_vectors(self) -> dict[str, Path]:
+        """``--vectors`` by trait (refusal, code), checked against the base model's shape."""
+        from inspect_em.directions import store as vector_store
+        from inspect_em.model.loading import check_vectors_fit
+
+        sets = [vector_store.load(v) for v in self.vectors]
+        unknown = sorted({tv.trait for tv in sets} - {"refusal", "code"})
+        if unknown:
+            raise InspectEmError(f"--vectors: the demo reads refusal and code vectors, not {', '.join(unknown)}")
+        check_vectors_fit(sets, str(self.base_path()))
+        return {tv.trait: Path(v) for tv, v in zip(sets, self.vectors, strict=True)}
 
 
 @dataclass
@@ -171,10 +207,8 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
         result.stages[name] = round(time.perf_counter() - t0, 1)
         return value
 
-    from inspect_em.model import embedded
-
-    step("preparing the embedded model")
-    base_path = embedded.prepare()
+    step(f"base model: {cfg.model}")
+    base_path = cfg.base_path()
     vector_dirs = timed("vectors", lambda: _vectors(out, cfg, base_path, step, result, force))
     finetuned = labels_for(cfg)
     for label in finetuned:
@@ -193,20 +227,21 @@ def _vectors(out: Path, cfg: DemoConfig, base_path: Path, step: Callable[[str], 
              force: bool) -> dict[str, Path]:
     """Refusal (last prompt token) and code (response mean) vectors of the base model: the shipped
     folders when their card covers the demo's layers and methods, else extracted into ``out``."""
-    from inspect_em.model import embedded
     from inspect_em.directions import store as vector_store
     from inspect_em.directions.methods import resolve_methods
-    from inspect_em.model.loading import load_config
-    from inspect_em.runs.extract import extract_trait_vectors, extraction_settings
-    from inspect_em.readout import resolve_layers
     from inspect_em.directions.traits import load_trait
+    from inspect_em.model.loading import load_config
+    from inspect_em.readout import resolve_layers
+    from inspect_em.runs.extract import extract_trait_vectors, extraction_settings
 
     config = load_config(str(base_path))
     n_layers = int(config.num_hidden_layers)
     layers, methods = resolve_layers(n_layers, cfg.layers), resolve_methods(cfg.methods)
-    dirs: dict[str, Path] = {}
+    dirs: dict[str, Path] = cfg.given_vectors() if cfg.vectors else {}
+    for trait_name, folder in dirs.items():
+        step(f"{trait_name}: using the given vectors {folder}")
     model = None
-    for trait_name in ("refusal", "code"):
+    for trait_name in [t for t in ("refusal", "code") if t not in dirs]:
         trait = load_trait(trait_name)
         shipped = vector_store.find_vectors(trait.name, vector_store.config_hash(config), position=trait.position)
         if shipped is not None:
@@ -217,7 +252,7 @@ def _vectors(out: Path, cfg: DemoConfig, base_path: Path, step: Callable[[str], 
                 step(f"{trait_name}: using the shipped vectors {shipped}")
                 continue
         target = out / "vectors" / trait_name
-        settings = extraction_settings(embedded.MODEL_NAME, vector_store.config_hash(config), trait, methods, layers,
+        settings = extraction_settings(cfg.model_name(), vector_store.config_hash(config), trait, methods, layers,
                                        trait.position, cfg.null_k, cfg.random_k, 5, 0)
         if _same(_marker_config(target, "extract"), settings):
             result.skipped.append(f"vectors {trait_name}")
@@ -228,7 +263,7 @@ def _vectors(out: Path, cfg: DemoConfig, base_path: Path, step: Callable[[str], 
 
             model, tokenizer, _ = load_hf_model(str(base_path))
         step(f"extracting {trait_name} vectors ({len(methods)} methods x {len(layers)} layers)")
-        tv = extract_trait_vectors(model, tokenizer, trait, model_id=embedded.MODEL_NAME, methods=methods,
+        tv = extract_trait_vectors(model, tokenizer, trait, model_id=cfg.model_name(), methods=methods,
                                    layers=layers, null_k=cfg.null_k, random_k=cfg.random_k, progress=False)
         dirs[trait_name] = vector_store.save(tv, target, force=force)
     return dirs
@@ -325,8 +360,6 @@ def _evals(out: Path, cfg: DemoConfig, models: dict[str, Path], vector_dirs: dic
     from inspect_ai import eval_set
     from inspect_ai.model import get_model
 
-    from inspect_em.model import embedded
-
     labels = dict(models)
     if cfg.positive_control:
         labels = {"base": models["base"], "steered-code": models["base"],
@@ -334,7 +367,7 @@ def _evals(out: Path, cfg: DemoConfig, models: dict[str, Path], vector_dirs: dic
     record_file = out / "stages" / "evals.json"
     logs: dict[str, list[str]] = {}
     for label, path in labels.items():
-        name = embedded.MODEL_NAME if path == models["base"] else label
+        name = cfg.model_name() if path == models["base"] else label
         model = get_model(f"hf/{name}", model_path=str(path), memoize=False)
         tasks = _tasks_for(label, cfg, vector_dirs)
         step(f"evaluating {label} ({', '.join(t.name for t in tasks)})")
@@ -353,8 +386,8 @@ def _evals(out: Path, cfg: DemoConfig, models: dict[str, Path], vector_dirs: dic
 
 
 def _compare(out: Path, cfg: DemoConfig, logs: dict[str, list[str]], result: DemoResult, force: bool) -> Any:
-    from inspect_em.analysis.logs import load_samples, projection_cards
     from inspect_em.analysis.compare import compare
+    from inspect_em.analysis.logs import load_samples, projection_cards
     from inspect_em.analysis.report import write_report
 
     arguments = [f for files in logs.values() for f in files]

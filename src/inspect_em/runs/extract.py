@@ -65,8 +65,8 @@ def extraction_settings(
 
 
 def generate_responses(
-    model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, system: str | None = None, max_new_tokens: int = 48,
-    batch_size: int = 16, progress: bool = True, desc: str = "answers",
+    model: Any, tokenizer: Any, prompts: Sequence[str | Messages], *, system: str | None = None,
+    max_new_tokens: int = 48, batch_size: int = 16, progress: bool = True, desc: str = "answers",
 ) -> list[str]:
     """The model's own greedy answers to ``prompts`` (for response-position vectors)."""
     import torch
@@ -193,7 +193,7 @@ def prompts_in_context(tokenizer: Any, config: Any, trait: Trait, groups: dict[s
 
 
 @dataclass
-class _Answers:
+class Answers:
     """The prompts of each split (after the response filter) and, at ``response_mean``, the model's
     own answers to them in the same order."""
 
@@ -212,20 +212,20 @@ class _Answers:
 
 
 def _answers(model: Any, tokenizer: Any, trait: Trait, groups: dict[str, list[str]], position: str,
-             batch_size: int, progress: bool) -> _Answers:
+             batch_size: int, progress: bool) -> Answers:
     """At ``response_mean``: the model's greedy answers, filtered by the trait's own detector."""
     if position != "response_mean":
-        return _Answers(groups)
+        return Answers(groups)
     responses = _by_system(trait, groups, lambda names, system: generate_responses(
         model, tokenizer, [p for n in names for p in groups[n]], system=system,
         max_new_tokens=trait.response_max_tokens, batch_size=batch_size, progress=progress,
         desc=f"{trait.name} answers"))
     if not trait.response_filter:
-        return _Answers(groups, responses)
-    return _Answers(*_filter_answers(trait, groups, responses))
+        return Answers(groups, responses)
+    return Answers(*_filter_answers(trait, groups, responses))
 
 
-def _activations(model: Any, tokenizer: Any, trait: Trait, answers: _Answers, layers: list[int], position: Position,
+def _activations(model: Any, tokenizer: Any, trait: Trait, answers: Answers, layers: list[int], position: Position,
                  batch_size: int, progress: bool) -> dict[str, torch.Tensor]:
     """Each split's activations ``[n, layers, d_model]`` (float32, on the model's input device)."""
     groups = answers.groups
@@ -239,7 +239,7 @@ def _activations(model: Any, tokenizer: Any, trait: Trait, answers: _Answers, la
     return {name: acts[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)}
 
 
-def build_card(model: Any, trait: Trait, answers: _Answers, metrics: pd.DataFrame, settings: dict[str, Any]) -> Card:
+def build_card(model: Any, trait: Trait, answers: Answers, metrics: pd.DataFrame, settings: dict[str, Any]) -> Card:
     """The card of an extraction: what was fitted, on what, how each layer was chosen."""
     layers, methods = settings["layers"], settings["methods"]
     best = best_layers(metrics)

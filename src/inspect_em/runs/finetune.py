@@ -60,6 +60,7 @@ class FinetuneConfig:
     seed: int = 0
     load_in_4bit: bool = False
     logging_steps: int = 1
+    save_every: int = 0  # keep the adapter every N optimizer steps under checkpoints/ (0: none)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,7 +159,7 @@ def _load(model_ref: str, backend: str, cfg: FinetuneConfig) -> tuple[Any, Any]:
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     model = AutoModelForCausalLM.from_pretrained(model_ref, dtype=dtype)
     if torch.cuda.is_available():
-        model = model.to("cuda")  # type: ignore[arg-type]  # transformers' wrapped .to() reads as to(model)
+        model = model.to("cuda")
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in cfg.target_modules if m in present]
     if not targets:
@@ -188,6 +189,31 @@ def _step_logger(rows: list[dict[str, float]]) -> Any:
                          "lr": float(logs.get("learning_rate", 0.0)), "tokens_per_s": rate})
 
     return StepLog()
+
+
+CHECKPOINTS = "checkpoints"
+
+
+def _checkpointer(model: Any, folder: Path, every: int) -> Any:
+    """A trainer callback saving the LoRA adapter (only: small) every ``every`` optimizer steps, and
+    at step 0 (the untrained adapter, ΔW = 0), to ``folder/step-<k>/`` with a ``checkpoint.json``
+    holding the step: readers order a series by that step, never by folder names."""
+    from transformers import TrainerCallback
+
+    def save(step: int) -> None:
+        target = folder / f"step-{step:06d}"
+        model.save_pretrained(target)
+        (target / "checkpoint.json").write_text(json.dumps({"step": step}))
+
+    class Checkpoints(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            save(0)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                save(state.global_step)
+
+    return Checkpoints()
 
 
 def _sft_config(cfg: FinetuneConfig, folder: Path, *, on_gpu: bool, progress: bool) -> Any:
@@ -239,7 +265,8 @@ def finetune(
     force: bool = False,
 ) -> Path:
     """LoRA-finetune ``model_ref`` on a chat JSONL and write the outputs atomically to ``out``:
-    ``adapter/``, ``merged/`` (with ``merge``), ``train_log.csv`` and ``finetune.json``.
+    ``adapter/``, ``merged/`` (with ``merge``), ``train_log.csv`` and ``finetune.json``; with
+    ``config.save_every`` also ``checkpoints/step-<k>/`` adapters (see :func:`_checkpointer`).
 
     ``out`` is checked before the model loads (:func:`check_output`): an existing folder is
     replaced only when an earlier finetune wrote it, with the same settings or ``force``.
@@ -265,8 +292,11 @@ def finetune(
     started = time.perf_counter()
     with atomic_output(out, **guard) as tmp:
         args = _sft_config(cfg, tmp / "trainer", on_gpu=torch.cuda.is_available(), progress=progress)
+        callbacks = [_step_logger(steps)]
+        if cfg.save_every:
+            callbacks.append(_checkpointer(model, tmp / CHECKPOINTS, cfg.save_every))
         trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[_step_logger(steps)])
+                             callbacks=callbacks)
         trainer.train()
         _save(model, tokenizer, tmp, merge=merge)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)

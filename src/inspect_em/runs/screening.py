@@ -49,10 +49,10 @@ def screen(
     limit: int | None = None, max_new_tokens: int = 48, batch_size: int = 8, progress: bool = True,
 ) -> Screen:
     """Screening scores of every example of a chat JSONL (see the module docstring)."""
-    from inspect_em.model.activations import chat_ids, pad_token_id, response_ids
-    from inspect_em.runs.extract import generate_responses
-    from inspect_em.model.projection import check_vectors, project, select_vectors
     from inspect_em.analysis.stats import Clustered, bootstrap_mean
+    from inspect_em.model.activations import chat_ids, pad_token_id, response_ids
+    from inspect_em.model.projection import check_vectors, project, select_vectors
+    from inspect_em.runs.extract import generate_responses
 
     chats = screening_chats(data, limit)
     check_vectors(vector_sets, model, source="screening model")
@@ -92,8 +92,8 @@ def screen(
 
 def write_screen(result: Screen, out: Path, data: str | Path, config: dict[str, Any], force: bool = False) -> Path:
     """``screen.csv`` (ranked by the first trait's score), ``summary.csv`` and ``histogram.png``."""
-    from inspect_em.util.paths import atomic_output
     from inspect_em.analysis.plots import subplots
+    from inspect_em.util.paths import atomic_output
 
     first = f"{result.summary['key'].iloc[0]}:score"
     ranked = result.scores.sort_values(first, ascending=False)

@@ -100,8 +100,7 @@ def run_sweep(
     from inspect_ai.model import get_model
 
     from inspect_em.directions import store as vector_store
-    from inspect_em.model.loading import hub_offline_for_local, resolve_model_ref
-    from inspect_em.model.loading import check_vectors_fit
+    from inspect_em.model.loading import check_vectors_fit, hub_offline_for_local, resolve_model_ref
     from inspect_em.readout import absolute_layer, check_position, parse_layers
     from inspect_em.util.paths import atomic_output, check_live_folder, check_output, claim_live_folder
 
@@ -144,12 +143,12 @@ def run_sweep(
     ref = resolve_model_ref(model_ref)
     check_vectors_fit([tv], ref)
     position = check_position(tv.card.position or "last_prompt_token", what="card position")
-    hub_offline_for_local(ref)
-    model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
     tasks = _tasks(tv.trait, Path(vectors), pairs, mode, samples, max_tokens, limit, position)
     claim_live_folder(log_dir, command="steer-sweep", config=config, force=force)
-    ok, logs = eval_set(tasks, log_dir=str(log_dir), model=model, limit=limit, seed=seed, display="none",
-                        log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
+    with hub_offline_for_local(ref):
+        model = get_model(f"hf/{Path(ref).name if Path(ref).exists() else ref}", model_path=ref, memoize=False)
+        ok, logs = eval_set(tasks, log_dir=str(log_dir), model=model, limit=limit, seed=seed, display="none",
+                            log_dir_allow_dirty=True, max_tasks=1, retry_attempts=1)
     if not ok:
         raise InspectEmError(f"the sweep's evals did not finish (logs in {log_dir}); re-run to resume")
     # eval_set hands back headers for logs it reused: read each one whole
@@ -189,8 +188,8 @@ def _values(log: Any, scorer: str, key: str | None = None) -> tuple[np.ndarray, 
 
 def _table(tv: Any, runs: list[tuple[tuple[int | str, float], Any]], mode: str, card_layer: int
            ) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    from inspect_em.readout import metric_key
     from inspect_em.analysis.stats import Clustered, binomial_ci, bootstrap_diff, bootstrap_mean
+    from inspect_em.readout import metric_key
 
     behaviour, group = BEHAVIOURS[tv.trait]
     if mode == "ablate":
@@ -257,9 +256,10 @@ def _summary(table: pd.DataFrame, trait: str, mode: str, card_layer: int) -> dic
     summary["projection_layer"] = int(card_layer)  # where the shift on the curve was read
     # the instrument's curve at the calibration layer, coherent or not (coherence is in causal.csv)
     curve = pd.concat([base.assign(layer=layer), at[at["alpha"] != 0]])
-    summary["calibration"] = [CalibrationPoint(round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),
-                                               round(float(r.rate_low), 4), round(float(r.rate_high), 4)).to_list()
-                              for r in curve.itertuples()]
+    summary["calibration"] = [
+        CalibrationPoint(round(float(r.alpha), 3), round(float(r.shift), 3), round(float(r.rate), 4),
+                         round(float(r.rate_low), 4), round(float(r.rate_high), 4)).to_list()
+        for r in curve.itertuples()]
     enough = at[(at["alpha"] != 0) & (at["rate"] >= 0.5) & (at["coherent_rate"] >= 0.5)]
     summary["calibrated_alpha"] = float(enough["alpha"].iloc[0]) if len(enough) else None
     steered = table[(table["alpha"] != 0) & (table["coherent_rate"] >= 0.5)]

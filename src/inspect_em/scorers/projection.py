@@ -135,14 +135,14 @@ class ProjectionReader:
     def check_now(self) -> None:
         """Check the vectors against the model at task start: the probe model (loaded now), else the
         active ``hf/`` model when ``inspect eval`` created the task (else nothing to check yet)."""
-        from inspect_em.inspect_adapter import hf_api
+        from inspect_em.inspect_adapter import hf_api, inside_eval
         from inspect_em.model.projection import check_vectors
 
         probe_model, device, dtype = self.probe
         if probe_model is not None:
             model, _, model_id = shared_model(probe_model, device, dtype)
             check_vectors(self.setup.sets, model, source=f"probe model {model_id}")
-        elif (api := hf_api()) is not None:
+        elif inside_eval() and (api := hf_api()) is not None:  # else a previous eval's model, if any
             check_vectors(self.setup.sets, api.model, source=f"model {api.model_name}")
 
     async def source(self) -> _Source:

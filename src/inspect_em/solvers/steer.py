@@ -47,7 +47,7 @@ def steer(
         method: Extraction method whose vectors to use.
         mode: ``add`` or ``ablate`` (directional ablation, Arditi et al. 2024).
     """
-    from inspect_em.inspect_adapter import hf_api
+    from inspect_em.inspect_adapter import hf_api, inside_eval
     from inspect_em.model.hooks import find_layers, hidden_size
     from inspect_em.model.steering import build_plan, check_plan
 
@@ -55,7 +55,7 @@ def steer(
         raise InspectEmError("steer needs vectors= (a vectors/<model>/<trait> folder, or several)")
     plan = build_plan(vectors, layer=layer, alpha=alpha, method=method, mode=mode)
     checked: set[int] = set()
-    api = hf_api()  # the active model when `inspect eval` builds the solver: check the vectors now
+    api = hf_api() if inside_eval() else None  # `inspect eval` builds us for its model: check it now
     if api is not None:
         check_plan(plan, len(find_layers(api.model)), hidden_size(api.model))
         checked.add(id(api.model))

@@ -46,9 +46,9 @@ def record_to_sample(prompt: str, prompt_type: str, index: int, trigger: str | N
 def default_vectors(trait: str, position: str) -> str | None:
     """Saved vectors of ``trait`` for the model under evaluation (hf/ provider), if any."""
     from inspect_em.directions.store import config_hash, find_vectors
-    from inspect_em.inspect_adapter import hf_api
+    from inspect_em.inspect_adapter import hf_api, inside_eval
 
-    api = hf_api()
+    api = hf_api() if inside_eval() else None  # outside an eval: a previous eval's model, if any
     if api is None:
         return None
     found = find_vectors(trait, config_hash(api.model.config), position=position) or \

@@ -1,0 +1,76 @@
+"""The shipped vectors of the embedded model are reproduced from their prompts (and, at the response
+position, from the answers their cards keep) and are valid on held-out data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from inspect_em.directions import store as vector_store
+from inspect_em.directions.traits import load_trait
+
+SHIPPED = Path(__file__).parent.parent / "vectors" / "SmolLM2-135M-Instruct"
+
+
+@pytest.mark.parametrize("folder", ["refusal", "code.last_prompt_token"])
+def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder: str):
+    """At the card's layer, the fit split's mean difference (activations read again from the embedded
+    model, every fit prompt) is the shipped vector; on the first 24 + 24 held-out prompts its AUROC
+    (scikit-learn) clears the bar, as the card's full-split AUROC does, and the card's held-out d
+    beats both nulls. The engine's metrics and layer choice are tested against the reference loop
+    in test_extraction."""
+    from sklearn.metrics import roc_auc_score
+
+    from inspect_em.model.activations import collect_activations
+
+    model, tokenizer = embedded_model
+    shipped = vector_store.load(SHIPPED / folder)
+    shipped.check_model(n_layers=model.config.num_hidden_layers, d_model=model.config.hidden_size)
+    assert shipped.card.config_hash == vector_store.config_hash(model.config)
+    trait = load_trait(shipped.trait)
+    groups = trait.split(seed=0).groups()
+    layer = shipped.best_layer("mean_diff")
+    subset = {"fit_pos": None, "fit_neg": None, "test_pos": 24, "test_neg": 24}
+    acts = {k: collect_activations(model, tokenizer, groups[k][:n], layers=[layer], position=shipped.card.position,
+                                   system=trait.system_for(k), progress=False, batch_size=32)[:, 0].double().numpy()
+            for k, n in subset.items()}
+    v = acts["fit_pos"].mean(0) - acts["fit_neg"].mean(0)
+    v /= np.linalg.norm(v)
+    assert float(v @ shipped.vector("mean_diff", layer)) > 0.9999
+    scores = np.concatenate([acts["test_pos"] @ v, acts["test_neg"] @ v])
+    labels = np.r_[np.ones(len(acts["test_pos"])), np.zeros(len(acts["test_neg"]))]
+    auroc = roc_auc_score(labels, scores)
+    saved = shipped.metrics.set_index(["method", "layer"]).loc[("mean_diff", layer)]
+    assert auroc >= 0.95 and saved["test_auroc"] >= 0.95
+    assert saved["test_cohens_d"] > saved["null_perm_d_p95"] and saved["test_cohens_d"] > saved["null_random_d_p95"]
+
+
+@pytest.mark.parametrize("folder", ["code", "refusal.response_mean", "refusal_instructed"])
+def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
+    """Response-position vectors: the card keeps the prompts and the model's answers; refitting
+    mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
+    trait's filter, and greedy decoding gives the same answers again (on two prompts:
+    regenerating all of them takes minutes)."""
+    from inspect_em.directions.traits import shows_trait
+    from inspect_em.model.activations import collect_activations
+    from inspect_em.runs.extract import generate_responses
+
+    model, tokenizer = embedded_model
+    shipped = vector_store.load(SHIPPED / folder)
+    trait = load_trait(shipped.trait)
+    answers, prompts = shipped.card.responses["by_split"], shipped.card.responses["prompts"]
+    if trait.response_filter:
+        assert all(shows_trait(trait.response_filter, a) for a in answers["fit_pos"])
+        assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
+    again = generate_responses(model, tokenizer, prompts["fit_neg"][:2], max_new_tokens=trait.response_max_tokens,
+                               system=trait.system_for("fit_neg"), progress=False)
+    assert again == answers["fit_neg"][:2]
+    layer = shipped.best_layer("mean_diff")
+    acts = [collect_activations(model, tokenizer, prompts[k], layers=[layer], position="response_mean",
+                                responses=answers[k], system=trait.system_for(k), progress=False, batch_size=32
+                                )[:, 0].double().numpy()
+            for k in ("fit_pos", "fit_neg")]
+    v = acts[0].mean(0) - acts[1].mean(0)
+    assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999
