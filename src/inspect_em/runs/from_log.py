@@ -1,0 +1,321 @@
+"""A trait direction from any eval's own answers (``inspect-em extract --from-log``).
+
+Soligo et al. 2025 (*Convergent linear representations of emergent misalignment*) average the
+residual stream over an EM model's misaligned answers and over its aligned ones; the difference is a
+misalignment direction. Here the answers are the samples of Inspect logs, and the two sides are
+chosen by predicates on each sample's scores or metadata::
+
+    score:em_judge.misaligned==1    score:code_mode==1    score:code_mode==0
+    score:em_judge.aligned>=70      metadata:variant==json
+
+(``score:<scorer>`` for a scalar score, ``score:<scorer>.<key>`` for a key of a dict score; ``==``,
+``!=``, ``>=``, ``<=``, ``>``, ``<``; numbers compare as numbers, anything else as text). Each
+selected sample's own transcript (its single user turn, any system prompt, and its answer) is read by
+the model under study at ``response_mean``; the usual methods and validation follow
+(:func:`inspect_em.directions.engine.fit_layers`). The held-out split is by **question**
+(:func:`inspect_em.readout.cluster_keys`): every answer to a question is on the fit side or every
+one on the test side, on both sides of the contrast alike. The layer is chosen by CV folds of the
+fit split's answers (not grouped by question: a deviation noted in the card).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from inspect_em.errors import InspectEmError
+from inspect_em.readout import cluster_keys
+
+Side = Literal["positive", "negative"]
+OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
+}
+_PREDICATE = re.compile(r"^(?P<source>score|metadata):(?P<name>[^=!<>]+?)(?P<op>==|!=|>=|<=|>|<)(?P<value>.*)$")
+LAYER_CHOICE_NOTE = ("CV folds of the fit split are drawn over answers, not grouped by question; the held-out "
+                     "test split is by question")
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """``score:<scorer>[.<key>] OP value`` or ``metadata:<field> OP value`` on one log sample."""
+
+    text: str
+    source: Literal["score", "metadata"]
+    name: str
+    key: str | None
+    op: str
+    value: float | str
+
+    def value_of(self, sample: Any) -> Any:
+        """The sample's value this predicate reads (None when the sample has none)."""
+        if self.source == "metadata":
+            return (sample.metadata or {}).get(self.name)
+        score = (sample.scores or {}).get(self.name)
+        if score is None:
+            return None
+        value = score.value
+        if self.key is None:
+            return None if isinstance(value, dict | list) else value
+        return value.get(self.key) if isinstance(value, dict) else None
+
+    def __call__(self, sample: Any) -> bool:
+        value = self.value_of(sample)
+        if value is None or (isinstance(value, float) and value != value):
+            return False  # unscored (Score.unscored, a failed judge): on neither side
+        if isinstance(self.value, float):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                try:
+                    value = float(value)
+                except (TypeError, ValueError):
+                    return False
+            return OPERATORS[self.op](float(value), self.value)
+        if self.op not in ("==", "!="):
+            raise InspectEmError(f"predicate {self.text!r}: {self.op} needs a number")
+        return OPERATORS[self.op](str(value), self.value)
+
+
+def parse_predicate(text: str) -> Predicate:
+    """One predicate (see the module docstring); a one-line error names what is wrong."""
+    match = _PREDICATE.match(text.strip())
+    if not match:
+        raise InspectEmError(f"predicate {text!r}: expected score:<scorer>[.<key>]<op><value> or "
+                             "metadata:<field><op><value>, with op one of ==, !=, >=, <=, >, <")
+    source, name, op, raw = match["source"], match["name"].strip(), match["op"], match["value"].strip()
+    if not raw:
+        raise InspectEmError(f"predicate {text!r}: no value after {op}")
+    key = None
+    if source == "score" and "." in name:
+        name, key = name.split(".", 1)
+    value: float | str
+    try:
+        value = float(raw)
+    except ValueError:
+        value = raw.strip("'\"")
+        if op not in ("==", "!="):
+            raise InspectEmError(f"predicate {text!r}: {op} needs a number, not {raw!r}") from None
+    return Predicate(text.strip(), source, name, key, op, value)  # type: ignore[arg-type]  # regex-checked source
+
+
+@dataclass(frozen=True)
+class LogAnswer:
+    """One selected sample: where it is from, its question (the split's unit) and its transcript."""
+
+    log: str
+    sample_id: str
+    epoch: int
+    question: str
+    prompt: str
+    system: str | None
+    answer: str
+
+
+@dataclass
+class LogSelection:
+    """The answers on each side, and how many samples each log had, matched, or could not be read."""
+
+    positive: list[LogAnswer]
+    negative: list[LogAnswer]
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    models: list[str] = field(default_factory=list)
+    model_paths: list[str] = field(default_factory=list)
+
+
+def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
+    """(user turn, system prompt, answer) of a single-turn sample; None for anything else."""
+    messages = list(sample.messages or [])
+    if not messages or messages[-1].role != "assistant":
+        return None
+    before = messages[:-1]
+    users = [m for m in before if m.role == "user"]
+    if len(users) != 1 or any(m.role not in ("system", "user") for m in before):
+        return None
+    systems = [m.text for m in before if m.role == "system"]
+    answer = messages[-1].text
+    if not answer.strip():
+        return None
+    return users[0].text, ("\n\n".join(systems) if systems else None), answer
+
+
+def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Predicate) -> LogSelection:
+    """Every log's samples sorted onto the two sides. A sample matching both predicates is refused
+    (the predicates overlap); multi-turn, tool-using or empty answers are skipped and counted."""
+    from inspect_ai.log import read_eval_log
+
+    selection = LogSelection([], [])
+    for path in logs:
+        if not Path(path).is_file():
+            raise InspectEmError(f"{path}: no such log file")
+        try:
+            log = read_eval_log(str(path))
+        except Exception as e:  # a truncated or foreign file
+            raise InspectEmError(f"{path}: not a readable Inspect log ({type(e).__name__})") from e
+        if log.status != "success":
+            raise InspectEmError(f"{path}: the log's status is {log.status}, not success")
+        selection.models.append(log.eval.model)
+        model_path = (log.eval.model_args or {}).get("model_path")
+        if model_path:
+            selection.model_paths.append(str(model_path))
+        counts = {"samples": 0, "positive": 0, "negative": 0, "neither": 0, "not_single_turn": 0}
+        for sample in log.samples or []:
+            counts["samples"] += 1
+            is_pos, is_neg = positive(sample), negative(sample)
+            if is_pos and is_neg:
+                raise InspectEmError(f"{path}: sample {sample.id} (epoch {sample.epoch}) matches both "
+                                     f"{positive.text!r} and {negative.text!r}")
+            if not (is_pos or is_neg):
+                counts["neither"] += 1
+                continue
+            transcript = _transcript(sample)
+            if transcript is None:
+                counts["not_single_turn"] += 1
+                continue
+            prompt, system, answer = transcript
+            question = cluster_keys(log.eval.task, sample.id, sample.metadata or {}).question
+            item = LogAnswer(str(path), str(sample.id), int(sample.epoch), question, prompt, system, answer)
+            (selection.positive if is_pos else selection.negative).append(item)
+            counts["positive" if is_pos else "negative"] += 1
+        selection.counts[Path(path).name] = counts
+    for side, items, predicate in (("positive", selection.positive, positive),
+                                   ("negative", selection.negative, negative)):
+        if len(items) < 4:
+            raise InspectEmError(f"--{side} {predicate.text!r} selects {len(items)} answers in the logs; "
+                                 "at least 4 are needed (2 to fit, 1 to test, with room for CV)")
+    return selection
+
+
+def split_by_question(selection: LogSelection, holdout_fraction: float = 0.25, seed: int = 0
+                      ) -> dict[str, list[LogAnswer]]:
+    """``fit_pos``, ``fit_neg``, ``test_pos``, ``test_neg``: a seeded share of the questions held out
+    whole, so no question has answers on both the fit and the test side. Each of the four splits
+    must be non-empty (a one-line error says how many questions each side has)."""
+    questions = sorted({a.question for a in selection.positive + selection.negative})
+    both = {a.question for a in selection.positive} & {a.question for a in selection.negative}
+    rng = np.random.default_rng(seed)
+    # hold out questions with answers on both sides first, so the test split has both sides
+    order = [questions[i] for i in rng.permutation(len(questions))]
+    order.sort(key=lambda q: q not in both)
+    n_test = max(1, round(len(questions) * holdout_fraction))
+    for extra in range(len(questions)):
+        test = set(order[:n_test + extra])
+        splits = {"fit_pos": [a for a in selection.positive if a.question not in test],
+                  "fit_neg": [a for a in selection.negative if a.question not in test],
+                  "test_pos": [a for a in selection.positive if a.question in test],
+                  "test_neg": [a for a in selection.negative if a.question in test]}
+        if splits["test_pos"] and splits["test_neg"] or n_test + extra >= len(questions) - 1:
+            break
+    if min(len(splits["fit_pos"]), len(splits["fit_neg"])) < 2 or not (splits["test_pos"] and splits["test_neg"]):
+        sizes = {k: len(v) for k, v in splits.items()}
+        raise InspectEmError(f"the {len(questions)} questions cannot be split so that fit and test both hold "
+                             f"both sides ({sizes}); give more questions or logs")
+    return splits
+
+
+def log_hashes(logs: Sequence[str | Path]) -> dict[str, str]:
+    """sha256 of each log file, for the card."""
+    return {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in logs}
+
+
+def from_log_settings(model_id: str, model_config_hash: str, name: str, logs: Sequence[str | Path],
+                      positive: Predicate, negative: Predicate, methods: Sequence[str], layers: Sequence[int],
+                      null_k: int, random_k: int, cv_folds: int, seed: int, holdout_fraction: float
+                      ) -> dict[str, Any]:
+    """What makes two from-log extractions the same (the output folder's re-run identity)."""
+    return {"model": model_id, "config_hash": model_config_hash, "trait": name, "from_log": log_hashes(logs),
+            "positive": positive.text, "negative": negative.text, "methods": list(methods), "layers": list(layers),
+            "position": "response_mean", "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds,
+            "seed": seed, "holdout_fraction": holdout_fraction}
+
+
+def extract_from_logs(
+    model: Any,
+    tokenizer: Any,
+    logs: Sequence[str | Path],
+    positive: str | Predicate,
+    negative: str | Predicate,
+    *,
+    name: str,
+    model_id: str,
+    methods: str | list[str] = "all",
+    layers: str | int | list[int] = "all",
+    batch_size: int = 16,
+    null_k: int = 50,
+    random_k: int = 1000,
+    cv_folds: int = 5,
+    holdout_fraction: float = 0.25,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
+    """Trait vectors (a :class:`~inspect_em.directions.store.TraitVectors`) fitted on the logs'
+    answers selected by ``positive`` / ``negative``, read by ``model`` at ``response_mean``, held out by
+    question (:func:`split_by_question`), validated as :func:`~inspect_em.runs.extract.extract_trait_vectors`
+    validates. Activations per split are ``[n, layers, d_model]`` on the model's input device."""
+    import torch
+    from threadpoolctl import threadpool_limits
+    from tqdm.auto import tqdm
+
+    from inspect_em.directions.engine import FitSettings, fit_layers
+    from inspect_em.directions.methods import resolve_methods
+    from inspect_em.directions.store import TraitVectors, config_hash
+    from inspect_em.directions.traits import Trait
+    from inspect_em.model.activations import collect_activations
+    from inspect_em.model.hooks import find_layers, input_device
+    from inspect_em.readout import resolve_layers
+    from inspect_em.runs.extract import Answers, build_card
+
+    positive = parse_predicate(positive) if isinstance(positive, str) else positive
+    negative = parse_predicate(negative) if isinstance(negative, str) else negative
+    method_names = resolve_methods(methods)
+    selected = resolve_layers(len(find_layers(model)), layers)
+    selection = select_answers(logs, positive, negative)
+    splits = split_by_question(selection, holdout_fraction, seed)
+
+    def read(items: list[LogAnswer]) -> torch.Tensor:
+        """``[len(items), layers, d_model]``, one collect per system prompt, rows in ``items``' order."""
+        out: list[torch.Tensor | None] = [None] * len(items)
+        for system in dict.fromkeys(a.system for a in items):
+            index = [i for i, a in enumerate(items) if a.system == system]
+            acts = collect_activations(model, tokenizer, [items[i].prompt for i in index], layers=selected,
+                                       position="response_mean", responses=[items[i].answer for i in index],
+                                       system=system, batch_size=batch_size, progress=progress,
+                                       desc=f"{name} activations", device=input_device(model))
+            for row, i in enumerate(index):
+                out[i] = acts[row]
+        return torch.stack([t for t in out if t is not None])
+
+    acts = {split: read(items) for split, items in splits.items()}
+    fit_settings = FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed)
+    with threadpool_limits(limits=torch.get_num_threads()), \
+            tqdm(total=len(selected), desc=f"{name} methods × layers", disable=not progress, leave=False) as bar:
+        fitted = fit_layers(acts, selected, method_names, fit_settings, progress=bar.update)
+    if not np.isfinite(fitted.metrics["test_auroc"]).all():
+        raise InspectEmError(f"{name}: non-finite validation metrics")
+    settings = from_log_settings(model_id, config_hash(model.config), name, logs, positive, negative, method_names,
+                                 selected, null_k, random_k, cv_folds, seed, holdout_fraction)
+    paths = [Path(p) for p in logs]
+    trait = Trait(name=name, positive=paths[0], negative=paths[-1], position="response_mean",
+                  description=f"from logs: {positive.text} vs {negative.text}")
+    answers = Answers({k: [a.prompt for a in v] for k, v in splits.items()},
+                       [a.answer for v in splits.values() for a in v])
+    card = build_card(model, trait, answers, fitted.metrics, settings)
+    card.trait_source = "from-log"
+    card.prompt_sha256 = settings["from_log"]
+    card.layer_choice = f"{card.layer_choice}; {LAYER_CHOICE_NOTE}"
+    card.responses = {"source": "the logs' own answers",
+                      "by_split": {k: [a.answer for a in v] for k, v in splits.items()},
+                      "prompts": {k: [a.prompt for a in v] for k, v in splits.items()}}
+    card.from_log = {
+        "logs": [str(p) for p in logs], "sha256": settings["from_log"], "models": selection.models,
+        "positive": positive.text, "negative": negative.text, "counts": selection.counts,
+        "split": "by question (readout.cluster_keys), held-out fraction of questions "
+                 f"{holdout_fraction}, seed {seed}",
+        "questions": {k: sorted({a.question for a in v}) for k, v in splits.items()},
+        "samples": {k: [f"{Path(a.log).name}:{a.sample_id}:{a.epoch}" for a in v] for k, v in splits.items()},
+    }
+    return TraitVectors(fitted.vectors, selected, card, fitted.metrics)

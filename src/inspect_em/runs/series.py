@@ -1,0 +1,252 @@
+"""EM over training time (``inspect-em series``): every checkpoint of one or more finetunes
+(``finetune --save-every N``) evaluated like a finished model, each headline measure plotted against
+the optimizer step with its CI, beside the LoRA deltas' norms and their direction's cosine with each
+trait vector.
+
+Per run and step: em_freeform with the given vectors (code mode, projections; the judged rate too
+when a grader is bound with ``--grader``) → difference vs the base model and vs the control run's
+checkpoint at the same step, paired by question (:func:`inspect_em.analysis.compare.diff_ci`). Step 0
+of every run is the base model itself (a LoRA adapter starts at ΔW = 0), evaluated once. Checkpoints
+are merged into a temporary model for their eval, which is removed afterwards; logs are kept under
+``OUT/logs/<run>/step-<k>`` and a finished log is reused when the command runs again.
+
+Outputs (``OUT/``): ``series.csv`` (run, step, metric, value and CI, differences vs base and vs the
+control with CIs), ``lora.csv`` (per step, layer and module: ``‖ΔW‖_F``, cosines), ``series.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from inspect_em.errors import InspectEmError
+
+BASE = "base"
+
+
+@dataclass
+class SeriesResult:
+    table: pd.DataFrame
+    lora: pd.DataFrame
+    folder: Path
+
+
+def _merged(base_path: str, adapter: Path, target: Path) -> Path:
+    """``adapter`` merged into the base model at ``target`` (a plain HF folder)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.save_pretrained(target, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_path).save_pretrained(target)
+    return target
+
+
+def _finished_log(folder: Path) -> bool:
+    """A successful log is already in ``folder`` (the command is resuming)."""
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    return folder.is_dir() and any(read_eval_log(info, header_only=True).status == "success"
+                                   for info in list_eval_logs(str(folder)))
+
+
+def _eval(model_name: str, model_path: str, task: Any, log_dir: Path, seed: int, limit: int | None,
+          grader: str | None, max_tokens: int) -> None:
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import get_model
+
+    if _finished_log(log_dir):
+        return
+    roles = {"grader": grader} if grader else None
+    log = inspect_eval(task, model=get_model(f"hf/{model_name}", model_path=model_path, memoize=False),
+                       model_roles=roles, log_dir=str(log_dir), seed=seed, limit=limit, max_tokens=max_tokens,
+                       display="none")[0]
+    if log.status != "success":
+        why = log.error.message.splitlines()[-1] if log.error else log.status
+        raise InspectEmError(f"eval in {log_dir} did not finish: {why}; re-run the same command to resume")
+
+
+def _headline(columns: Sequence[str]) -> list[str]:
+    """The measures plotted: code mode, the judge's misaligned rate(s), every projection column."""
+    return [c for c in columns if c == "code_mode" or c.startswith("proj:")
+            or (c.startswith("judge:misaligned") and "/" not in c.removeprefix("judge:misaligned"))]
+
+
+def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], control: str | None) -> pd.DataFrame:
+    """One row per run × step × measure: the mean and CI, the difference vs the base model and vs the
+    control run's same step (both paired by question), from a :func:`load_samples` frame whose
+    labels map to ``(run, step)`` in ``steps`` (the base model's label is ``base``)."""
+    from inspect_em.analysis.compare import diff_ci
+    from inspect_em.analysis.stats import Clustered, bootstrap_mean
+
+    df = samples[samples["task"] == "em_freeform"]
+    by_label = {label: g for label, g in df.groupby("label")}
+    if BASE not in by_label:
+        raise InspectEmError("series: no base-model log")
+    at = {(run, step): label for label, (run, step) in steps.items()}
+    rows = []
+    for metric in _headline([c for c in df.columns if df[c].notna().any()]):
+        base = Clustered.of(by_label[BASE][metric].to_numpy(float), by_label[BASE]["cluster"].tolist())
+        for label, (run, step) in sorted(steps.items(), key=lambda kv: kv[1]):
+            g = by_label[label]
+            data = Clustered.of(g[metric].to_numpy(float), g["cluster"].tolist())
+            low, high = bootstrap_mean(data)
+            row: dict[str, Any] = {"run": run, "step": step, "metric": metric, "n": data.n, "value": data.mean(),
+                                   "value_low": low, "value_high": high}
+            vs = diff_ci(data, base)
+            row.update(diff_vs_base=vs.estimate, diff_vs_base_low=vs.low, diff_vs_base_high=vs.high)
+            if control and run != control and (control, step) in at:
+                c = by_label[at[(control, step)]]
+                vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()))
+                row.update(diff_vs_control=vc.estimate, diff_vs_control_low=vc.low, diff_vs_control_high=vc.high)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def lora_summary(lora: pd.DataFrame) -> pd.DataFrame:
+    """Per run and step: the total ``‖ΔW‖_F`` (all layers and modules) and each ``cos:<trait>``
+    (the residual writers' mean at the card layer)."""
+    cos = [c for c in lora.columns if c.startswith("cos:")]
+    total = lora.groupby(["run", "step"])["delta_norm"].apply(lambda x: float(np.sqrt((x ** 2).sum())))
+    out = total.rename("delta_norm").reset_index()
+    if cos:
+        out = out.merge(lora.groupby(["run", "step"])[cos].mean().reset_index(), on=["run", "step"])
+    return out
+
+
+def plot_series(table: pd.DataFrame, lora: pd.DataFrame, d_model: int, path: Path) -> None:
+    """One panel per measure (difference vs base against step, 95% CI bands), then the LoRA panels."""
+    from inspect_em.analysis.plots import subplots
+
+    metrics = list(dict.fromkeys(table["metric"]))
+    summary = lora_summary(lora)
+    cos = [c for c in summary.columns if c.startswith("cos:")]
+    panels = len(metrics) + 1 + (1 if cos else 0)
+    fig, axes = subplots(panels, 2.6, width=6.5)
+    for ax, metric in zip(axes, metrics, strict=False):
+        for run, g in table[table["metric"] == metric].groupby("run", sort=False):
+            g = g.sort_values("step")
+            ax.plot(g["step"], g["diff_vs_base"], marker="o", label=run)
+            ax.fill_between(g["step"], g["diff_vs_base_low"], g["diff_vs_base_high"], alpha=0.2)
+        ax.axhline(0, color="grey", lw=0.8)
+        ax.set_title(f"{metric} − base", fontsize=9)
+        ax.set_xlabel("optimizer step")
+    ax = axes[len(metrics)]
+    for run, g in summary.groupby("run", sort=False):
+        ax.plot(g["step"], g["delta_norm"], marker="o", label=run)
+    ax.set_title("LoRA ‖ΔW‖_F (all layers)", fontsize=9)
+    ax.set_xlabel("optimizer step")
+    if cos:
+        ax = axes[-1]
+        for run, g in summary.groupby("run", sort=False):
+            for c in cos:
+                ax.plot(g["step"], g[c], marker="o", label=f"{run} {c.removeprefix('cos:')}")
+        ax.axhline(math.sqrt(2 / (math.pi * d_model)), color="grey", ls="--", lw=0.8, label="random direction")
+        ax.set_title("|cos| ΔW top direction vs trait (card layer)", fontsize=9)
+        ax.set_xlabel("optimizer step")
+        ax.legend(fontsize=7)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def run_series(
+    model_ref: str,
+    runs: dict[str, Path],
+    out: Path,
+    vectors: Sequence[Path],
+    *,
+    control: str | None = None,
+    samples_per_question: int = 2,
+    max_tokens: int = 48,
+    variants: str = "plain",
+    limit: int | None = None,
+    grader: str | None = None,
+    seed: int = 0,
+    force: bool = False,
+    report: Callable[[str], None] = print,
+) -> SeriesResult:
+    """Evaluate every checkpoint of ``runs`` (label → finetune folder) and write the series (see the
+    module docstring). Inputs are checked before any model loads."""
+    from inspect_em.analysis.checkpoints import read_series, series_deltas
+    from inspect_em.analysis.logs import load_samples
+    from inspect_em.directions import store as vector_store
+    from inspect_em.model.loading import hub_offline_for_local, local_folder, model_id_of, resolve_model_ref
+    from inspect_em.tasks import em_freeform
+    from inspect_em.util.paths import TMP_MARKER, atomic_output, check_name, check_output
+
+    if control is not None and control not in runs:
+        raise InspectEmError(f"--control {control!r} is not one of the runs ({', '.join(runs)})")
+    for label in runs:
+        check_name(label, "run label")
+        if label == BASE:
+            raise InspectEmError("'base' names the base model: give the runs other labels")
+    series = {label: read_series(folder) for label, folder in runs.items()}
+    cards = [vector_store.load(v) for v in vectors]
+    base_path = resolve_model_ref(model_ref)
+    name = model_id_of(model_ref).rsplit("/", 1)[-1]
+    config = {"model": model_id_of(model_ref), "runs": {k: str(v) for k, v in runs.items()},
+              "steps": {k: [c.step for c in s] for k, s in series.items()}, "vectors": [str(v) for v in vectors],
+              "control": control, "samples_per_question": samples_per_question, "max_tokens": max_tokens,
+              "variants": variants, "limit": limit, "grader": grader, "seed": seed}
+    inputs = [p for p in [local_folder(model_ref), *runs.values(), *vectors] if p is not None]
+    check_output(out, command="series", config=config, inputs=inputs, force=force)
+    logs_root = out.parent / f"{out.name}-logs"  # resumable across runs; the report folder is replaced whole
+    def task() -> Any:
+        return em_freeform(variants=variants, samples_per_question=samples_per_question,
+                           vectors=",".join(str(v) for v in vectors) or None, judge=grader is not None)
+
+    with hub_offline_for_local(model_ref):  # a local base: every model here is a local folder
+        report("evaluating the base model (step 0 of every run)")
+        _eval(name, base_path, task(), logs_root / BASE, seed, limit, grader, max_tokens)
+        logs, labels = [str(logs_root / BASE)], [BASE]
+        steps: dict[str, tuple[str, int]] = {}
+        for run, checkpoints in series.items():
+            for checkpoint in checkpoints:
+                label = f"{run}.step{checkpoint.step}"
+                steps[label] = (run, checkpoint.step)
+                if checkpoint.step == 0:  # ΔW = 0: the base model's log stands for it
+                    continue
+                log_dir = logs_root / run / f"step-{checkpoint.step}"
+                if not _finished_log(log_dir):
+                    report(f"evaluating {run} at step {checkpoint.step}")
+                    tmp = logs_root / f".merged-{run}-{checkpoint.step}"
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    tmp.mkdir(parents=True)
+                    (tmp / TMP_MARKER).write_text("")
+                    try:
+                        _merged(base_path, checkpoint.path, tmp)
+                        _eval(f"{run}-step{checkpoint.step}", str(tmp), task(), log_dir, seed, limit, grader,
+                              max_tokens)
+                    finally:
+                        shutil.rmtree(tmp, ignore_errors=True)
+                logs.append(str(log_dir))
+                labels.append(label)
+    report("reading the logs")
+    samples = load_samples(logs, labels=labels).samples
+    base_rows = samples[samples["label"] == BASE]
+    for label, (_, step) in steps.items():
+        if step == 0:
+            samples = pd.concat([samples, base_rows.assign(label=label)], ignore_index=True)
+    table = series_table(samples, steps, control)
+    vecs = [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
+            for tv in cards]
+    lora = pd.concat([series_deltas(folder, vecs).assign(run=run) for run, folder in runs.items()],
+                     ignore_index=True)
+    d_model = cards[0].card.d_model if cards else 1
+    with atomic_output(out, command="series", config=config, inputs=inputs, force=force) as tmp:
+        table.to_csv(tmp / "series.csv", index=False)
+        lora.to_csv(tmp / "lora.csv", index=False)
+        plot_series(table, lora, d_model, tmp / "series.png")
+        (tmp / "series.json").write_text(json.dumps({**config, "logs": dict(zip(labels, logs, strict=True))},
+                                                    indent=2))
+    return SeriesResult(table, lora, out)
