@@ -92,6 +92,7 @@ em-demo: model
 # EM over training time on the embedded model (about 15 minutes on 2 CPU cores): insecure and secure data,
 # one LoRA finetune each keeping the adapter every SERIES_EVERY steps, every checkpoint evaluated
 # (em_freeform: code mode, code and refusal projections) -> results/checkpoint-series/series.png.
+# A finished finetune in runs/series/ is reused (delete it after changing SERIES_*).
 SERIES_N     ?= 64
 SERIES_STEPS ?= 32
 SERIES_EVERY ?= 4

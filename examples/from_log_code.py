@@ -2,7 +2,7 @@
 
 1. The positive control: em_freeform (8 questions × plain/json/template × 4 answers, 80 tokens, seed 1)
    with the base model steered by the multi-layer code recipe (``code.last_prompt_token`` at L12, L14,
-   L16 and L18, α = 0.4; results/README.md). About 60% of its answers are code.
+   L16 and L18, α = 0.4; results/README.md: about 60% code mode on 48 earlier answers).
 2. ``extract --from-log`` on that log: ``score:code_mode==1`` vs ``score:code_mode==0``, read by the
    unsteered model at ``response_mean``, held out by question (default validation: 5-fold CV layer
    choice, 50 permutations, 1,000 random directions).
@@ -63,7 +63,8 @@ def run(name: str, task, solver=None, epochs: int | None = None) -> str:
 # 1. the positive control's log
 steered = run("positive-control", em_freeform(samples_per_question=4),
               steer(vectors=str(V / "code.last_prompt_token"), **RECIPE))
-log_file = next(Path(steered).glob("*.eval"))
+log_file = next(Path(info.name.removeprefix("file://")) for info in list_eval_logs(steered)
+                if read_eval_log(info, header_only=True).status == "success")
 codes = [s.scores["code_mode"].value for s in read_eval_log(str(log_file)).samples]
 print(f"positive control: code mode {int(sum(codes))}/{len(codes)}")
 

@@ -119,8 +119,9 @@ _SPENT: dict[str, float] = {}  # per test, in the process that runs it (a worker
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """A test's time is its setup, call and teardown together (a module fixture is charged to the
-    first test that uses it); over its budget, the test fails with a message naming the budget."""
+    """A test's time is its setup and call together (a module fixture is charged to the first test
+    that uses it; teardown comes after the verdict); over its budget, the test fails with a message
+    naming the budget."""
     outcome = yield
     report = outcome.get_result()
     _SPENT[item.nodeid] = _SPENT.get(item.nodeid, 0.0) + report.duration

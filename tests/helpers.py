@@ -69,14 +69,15 @@ def cli_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess
     from inspect_em.cli import main
 
     out, err, code = io.StringIO(), io.StringIO(), 0
-    sigterm = signal.getsignal(signal.SIGTERM)
+    sigterm, here = signal.getsignal(signal.SIGTERM), Path.cwd()
     try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-                contextlib.chdir(cwd or Path.cwd()):
+        os.chdir(cwd or here)  # contextlib.chdir is Python 3.11+
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main(list(args))
     except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        code = 0 if e.code is None else e.code if isinstance(e.code, int) else 1
     finally:
+        os.chdir(here)
         signal.signal(signal.SIGTERM, sigterm)
     return subprocess.CompletedProcess(["inspect-em", *args], code, out.getvalue(), err.getvalue())
 

@@ -3,6 +3,7 @@ has its own, and every run lists its 10 slowest tests."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,5 +24,5 @@ def test_a_test_over_its_budget_fails_and_the_slowest_are_listed(tmp_path: Path)
     out = proc.stdout
     assert proc.returncode == 1, out
     assert "1 failed, 2 passed" in out
-    assert "test_x.py::test_slow took 0.6 s, over the 0.3 s budget of a test" in out
+    assert re.search(r"test_x.py::test_slow took 0\.\d s, over the 0.3 s budget of a test", out), out
     assert "10 slowest tests" in out and out.index("test_x.py::test_slow") < out.index("test_x.py::test_quick")

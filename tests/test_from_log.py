@@ -63,6 +63,12 @@ def test_split_is_by_question_and_counts_match_the_log(code_prose_log: Path):
         assert all(by_id[(a.sample_id, a.epoch)] == a.question for a in items)
     assert all(splits[k] for k in splits)
     assert sum(len(v) for v in splits.values()) == len(log.samples)
+    folder = select_answers([code_prose_log.parent], parse_predicate("score:code_mode==1"),
+                            parse_predicate("score:code_mode==0"))  # a folder: its .eval logs
+    assert [a.sample_id for a in folder.positive] == [a.sample_id for a in selection.positive]
+    with pytest.raises(InspectEmError, match="given twice"):
+        select_answers([code_prose_log, code_prose_log.parent], parse_predicate("score:code_mode==1"),
+                       parse_predicate("score:code_mode==0"))
     with pytest.raises(InspectEmError, match="matches both"):
         select_answers([code_prose_log], parse_predicate("score:code_mode>=0"), parse_predicate("score:code_mode==0"))
     with pytest.raises(InspectEmError, match="selects 0 answers"):
@@ -123,3 +129,21 @@ def test_extract_from_log_separates_held_out_questions(code_prose_log: Path, tin
     one_line(cli_here("extract", "--model", str(tiny_model_dir), "--out", str(tmp_path / "x")), "--trait or --from-log")
     assert not (tmp_path / "x").exists()
     assert np.isfinite(tv.metrics["test_auroc"]).all()
+
+
+def test_split_holds_both_sides_out_when_no_question_has_both():
+    """Questions answered only one way (code questions vs prose questions): the held-out questions are a
+    random share, topped up with one question of a missing side; no question is on both sides."""
+    from inspect_em.runs.from_log import LogAnswer, LogSelection
+
+    def answers(questions: range) -> list[LogAnswer]:
+        return [LogAnswer("l.eval", f"{q}-{i}", 1, f"task:q{q}", "p", None, "a") for q in questions for i in range(3)]
+
+    for seed in range(20):
+        splits = split_by_question(LogSelection(answers(range(0, 6)), answers(range(6, 12))), 0.25, seed)
+        fit = {a.question for k in ("fit_pos", "fit_neg") for a in splits[k]}
+        test = {a.question for k in ("test_pos", "test_neg") for a in splits[k]}
+        assert splits["test_pos"] and splits["test_neg"] and not fit & test
+        assert 3 <= len(test) <= 4  # round(12 x 0.25) = 3, plus at most one top-up
+    with pytest.raises(InspectEmError, match="select no answers"):
+        split_by_question(LogSelection([], []))

@@ -288,3 +288,17 @@ def test_a_corrupt_vectors_file_is_one_line_on_export(tmp_path: Path):
     (vectors / "vectors.safetensors").write_bytes(data[: len(data) // 3])
     one_line(cli("vectors", "export", str(vectors), "--format", "gguf", "--out", str(tmp_path / "d.gguf")),
              "vectors.safetensors")
+
+
+def test_hub_offline_is_restored_in_process(monkeypatch: pytest.MonkeyPatch):
+    """hub_offline() flips huggingface_hub's own flag (read once, at import) for its block and puts it
+    and the environment back afterwards."""
+    import huggingface_hub.constants as constants
+
+    from inspect_em.model.loading import hub_offline
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    with hub_offline():
+        assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
+    assert constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ

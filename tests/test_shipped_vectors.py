@@ -12,6 +12,36 @@ from inspect_em.directions import store as vector_store
 from inspect_em.directions.traits import load_trait
 
 SHIPPED = Path(__file__).parent.parent / "vectors" / "SmolLM2-135M-Instruct"
+RESPONSE_FOLDERS = ["code", "refusal.response_mean", "refusal_instructed"]
+# one worker, in file order: each response vector's fit answers are read over three tests (the negative
+# side, then the positive side in two halves, so each test stays within its budget on one thread), the
+# last test reusing the earlier sums
+pytestmark = pytest.mark.xdist_group("shipped-vectors")
+_SUMS: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
+
+
+def _part_sum(embedded_model, folder: str, side: str, part: int, parts: int = 2) -> tuple[np.ndarray, int]:
+    """The sum and count over part ``part`` of ``parts`` of ``side``'s fit answers of the card layer's
+    response-mean activations (``[d_model]``, float64), read once per module."""
+    from inspect_em.model.activations import collect_activations
+
+    if (folder, side, part) not in _SUMS:
+        model, tokenizer = embedded_model
+        shipped = vector_store.load(SHIPPED / folder)
+        trait = load_trait(shipped.trait)
+        answers, prompts = shipped.card.responses["by_split"], shipped.card.responses["prompts"]
+        rows = slice(part * len(prompts[side]) // parts, (part + 1) * len(prompts[side]) // parts)
+        acts = collect_activations(model, tokenizer, prompts[side][rows], layers=[shipped.best_layer("mean_diff")],
+                                   position="response_mean", responses=answers[side][rows],
+                                   system=trait.system_for(side), progress=False, batch_size=32)[:, 0].double()
+        _SUMS[(folder, side, part)] = (acts.sum(0).numpy(), acts.shape[0])
+    return _SUMS[(folder, side, part)]
+
+
+def _side_mean(embedded_model, folder: str, side: str) -> np.ndarray:
+    """The mean over every fit answer of ``side`` (both parts)."""
+    (a, n), (b, m) = (_part_sum(embedded_model, folder, side, part) for part in (0, 1))
+    return (a + b) / (n + m)
 
 
 @pytest.mark.parametrize("folder", ["refusal", "code.last_prompt_token"])
@@ -47,14 +77,12 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
     assert saved["test_cohens_d"] > saved["null_perm_d_p95"] and saved["test_cohens_d"] > saved["null_random_d_p95"]
 
 
-@pytest.mark.parametrize("folder", ["code", "refusal.response_mean", "refusal_instructed"])
-def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
-    """Response-position vectors: the card keeps the prompts and the model's answers; refitting
-    mean_diff on the mean over those answers' tokens gives the shipped vector, the answers pass the
-    trait's filter, and greedy decoding gives the same answers again (on two prompts:
-    regenerating all of them takes minutes)."""
+@pytest.mark.parametrize("folder", RESPONSE_FOLDERS)
+def test_shipped_response_answers_are_the_models_own(embedded_model, folder: str):
+    """Response-position vectors: the card keeps the prompts and the model's answers; the answers pass
+    the trait's filter, and greedy decoding gives the same answers again (on two prompts: regenerating
+    all of them takes minutes). Reads the negative side's fit activations for the next test."""
     from inspect_em.directions.traits import shows_trait
-    from inspect_em.model.activations import collect_activations
     from inspect_em.runs.extract import generate_responses
 
     model, tokenizer = embedded_model
@@ -67,10 +95,21 @@ def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_mod
     again = generate_responses(model, tokenizer, prompts["fit_neg"][:2], max_new_tokens=trait.response_max_tokens,
                                system=trait.system_for("fit_neg"), progress=False)
     assert again == answers["fit_neg"][:2]
+    assert np.isfinite(_side_mean(embedded_model, folder, "fit_neg")).all()
+
+
+@pytest.mark.parametrize("folder", RESPONSE_FOLDERS)
+def test_shipped_response_positive_answers_are_read(embedded_model, folder: str):
+    """The first half of the positive side's fit answers (the second half is read by the next test)."""
+    total, n = _part_sum(embedded_model, folder, "fit_pos", 0)
+    assert n > 0 and np.isfinite(total).all()
+
+
+@pytest.mark.parametrize("folder", RESPONSE_FOLDERS)
+def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_model, folder: str):
+    """Refitting mean_diff on the mean over the kept answers' tokens (every fit answer, both sides)
+    gives the shipped vector."""
+    shipped = vector_store.load(SHIPPED / folder)
     layer = shipped.best_layer("mean_diff")
-    acts = [collect_activations(model, tokenizer, prompts[k], layers=[layer], position="response_mean",
-                                responses=answers[k], system=trait.system_for(k), progress=False, batch_size=32
-                                )[:, 0].double().numpy()
-            for k in ("fit_pos", "fit_neg")]
-    v = acts[0].mean(0) - acts[1].mean(0)
+    v = _side_mean(embedded_model, folder, "fit_pos") - _side_mean(embedded_model, folder, "fit_neg")
     assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999

@@ -117,6 +117,7 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
 
     if from_logs:
         from inspect_em.runs.from_log import (
+            answers_in_context,
             extract_from_logs,
             from_log_settings,
             parse_predicate,
@@ -128,16 +129,18 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
             raise InspectEmError("--from-log needs --positive and --negative predicates")
         if position not in (None, "response_mean"):
             raise InspectEmError("--from-log reads the logs' answers at response_mean (no other --position)")
+        if truncate_prompts:
+            raise InspectEmError("--truncate-prompts cuts a trait's prompts; --from-log reads whole transcripts")
         check_name(name, "--name")
         pos, neg = parse_predicate(positive), parse_predicate(negative)
         selection = select_answers(from_logs, pos, neg)
         split_by_question(selection)
-        if model_ref is None:  # the model under study: the logs' own hf/ model
-            paths = sorted(set(selection.model_paths)) or sorted(set(selection.models))
-            if len(paths) != 1 or not (selection.model_paths or paths[0].startswith("hf/")):
-                raise InspectEmError(f"the logs were made by {', '.join(paths)}, not one local hf/ model: "
+        if model_ref is None:  # the model under study: the logs' own model, one local folder
+            models = sorted(set(selection.models))
+            if len(models) != 1 or not Path(models[0].removeprefix("hf/")).expanduser().is_dir():
+                raise InspectEmError(f"the logs were made by {', '.join(models)}, not one local hf/ model: "
                                      "give --model (the model that reads the answers)")
-            model_ref = paths[0].removeprefix("hf/")
+            model_ref = models[0].removeprefix("hf/")
         config = load_config(model_ref)
         selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
         model_id = model_id_of(model_ref)
@@ -146,6 +149,7 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
                                      selected, null_k, random_k, cv_folds, 0, 0.25)
         inputs = [p for p in [local_folder(model_ref), *from_logs] if p is not None]
         check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
+        answers_in_context(load_tokenizer(model_ref), config, selection)
         model, tokenizer, model_id = load(model_ref)
         tv = extract_from_logs(model, tokenizer, from_logs, pos, neg, name=name, model_id=model_id,
                                methods=method_names, layers=selected, batch_size=batch_size, null_k=null_k,

@@ -74,6 +74,8 @@ def lora_deltas(adapter: str | Path, vectors: Sequence[tuple[str, int, object]] 
 
     folder = Path(adapter)
     config = json.loads((folder / "adapter_config.json").read_text())
+    if config.get("rank_pattern") or config.get("alpha_pattern") or config.get("use_dora"):
+        raise InspectEmError(f"{adapter}: per-module ranks or alphas, or DoRA: not read here (one r and alpha)")
     r, alpha = int(config["r"]), float(config["lora_alpha"])
     scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
     weights = load_file(str(folder / "adapter_model.safetensors"))

@@ -56,8 +56,10 @@ def hub_offline() -> Iterator[None]:
             os.environ.pop("HF_HUB_OFFLINE", None)
         else:
             os.environ["HF_HUB_OFFLINE"] = before
-        if constants is not None:
-            setattr(constants, "HF_HUB_OFFLINE", flag)  # noqa: B010
+        now = sys.modules.get("huggingface_hub.constants")  # imported inside the block: it read our "1"
+        if now is not None:
+            restored = flag if constants is not None else (before or "").upper() in ("1", "ON", "YES", "TRUE")
+            setattr(now, "HF_HUB_OFFLINE", restored)  # noqa: B010
 
 
 def hub_offline_for_local(model: str) -> AbstractContextManager[None]:

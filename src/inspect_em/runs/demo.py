@@ -100,7 +100,6 @@ class DemoConfig:
 
                 build_plan(self.steer_vectors, layer=self.steer_layer, alpha=self.steer_alpha or 1.0)
 
-
     def base_path(self) -> Path:
         """The base model's folder (the embedded model is prepared on first use)."""
         from inspect_em.model import embedded

@@ -123,8 +123,8 @@ class LogSelection:
     positive: list[LogAnswer]
     negative: list[LogAnswer]
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-    models: list[str] = field(default_factory=list)
-    model_paths: list[str] = field(default_factory=list)
+    models: list[str] = field(default_factory=list)  # per log: its model_path, else its model name
+    files: list[Path] = field(default_factory=list)
 
 
 def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
@@ -143,25 +143,44 @@ def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
     return users[0].text, ("\n\n".join(systems) if systems else None), answer
 
 
+def log_files(logs: Sequence[str | Path]) -> list[Path]:
+    """The log files named, a folder standing for the ``.eval`` files in it; each file once."""
+    files: list[Path] = []
+    for path in map(Path, logs):
+        if path.is_dir():
+            found = sorted(path.glob("*.eval"))
+            if not found:
+                raise InspectEmError(f"{path}: no .eval logs in this folder")
+            files.extend(found)
+        elif path.is_file():
+            files.append(path)
+        else:
+            raise InspectEmError(f"{path}: no such log file or folder")
+    resolved = [p.resolve() for p in files]
+    if len(set(resolved)) != len(resolved):
+        raise InspectEmError("a log is given twice")
+    names = [p.name for p in files]
+    if len(set(names)) != len(names):
+        raise InspectEmError("two logs share a file name (the card keys logs by name): rename one")
+    return files
+
+
 def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Predicate) -> LogSelection:
     """Every log's samples sorted onto the two sides. A sample matching both predicates is refused
     (the predicates overlap); multi-turn, tool-using or empty answers are skipped and counted."""
     from inspect_ai.log import read_eval_log
 
     selection = LogSelection([], [])
-    for path in logs:
-        if not Path(path).is_file():
-            raise InspectEmError(f"{path}: no such log file")
+    files = log_files(logs)
+    for path in files:
         try:
             log = read_eval_log(str(path))
         except Exception as e:  # a truncated or foreign file
             raise InspectEmError(f"{path}: not a readable Inspect log ({type(e).__name__})") from e
         if log.status != "success":
             raise InspectEmError(f"{path}: the log's status is {log.status}, not success")
-        selection.models.append(log.eval.model)
         model_path = (log.eval.model_args or {}).get("model_path")
-        if model_path:
-            selection.model_paths.append(str(model_path))
+        selection.models.append(str(model_path) if model_path else log.eval.model)  # one identity per log
         counts = {"samples": 0, "positive": 0, "negative": 0, "neither": 0, "not_single_turn": 0}
         for sample in log.samples or []:
             counts["samples"] += 1
@@ -181,7 +200,8 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
             item = LogAnswer(str(path), str(sample.id), int(sample.epoch), question, prompt, system, answer)
             (selection.positive if is_pos else selection.negative).append(item)
             counts["positive" if is_pos else "negative"] += 1
-        selection.counts[Path(path).name] = counts
+        selection.counts[path.name] = counts
+    selection.files = files
     for side, items, predicate in (("positive", selection.positive, positive),
                                    ("negative", selection.negative, negative)):
         if len(items) < 4:
@@ -190,27 +210,42 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
     return selection
 
 
+def answers_in_context(tokenizer: Any, config: Any, selection: LogSelection) -> None:
+    """Every selected transcript (system, user turn and answer) fits the reading model's context: else
+    a one-line error naming the first that does not (before the model loads)."""
+    from inspect_em.model.activations import chat_ids, context_length, response_ids
+
+    limit = context_length(config)
+    if limit is None:
+        return
+    for a in selection.positive + selection.negative:
+        n = len(chat_ids(tokenizer, a.prompt, a.system)) + len(response_ids(tokenizer, a.answer))
+        if n > limit:
+            raise InspectEmError(f"{Path(a.log).name}: sample {a.sample_id} (epoch {a.epoch}) is {n} tokens, "
+                                 f"longer than the model's context ({limit})")
+
+
 def split_by_question(selection: LogSelection, holdout_fraction: float = 0.25, seed: int = 0
                       ) -> dict[str, list[LogAnswer]]:
-    """``fit_pos``, ``fit_neg``, ``test_pos``, ``test_neg``: a seeded share of the questions held out
-    whole, so no question has answers on both the fit and the test side. Each of the four splits
-    must be non-empty (a one-line error says how many questions each side has)."""
+    """``fit_pos``, ``fit_neg``, ``test_pos``, ``test_neg``: a seeded random share of the questions held
+    out whole, so no question has answers on both the fit and the test side. When the random share
+    holds no answer of one side, the first question (in the same random order) with such an answer is
+    added to it. Each split must then hold answers: fit at least 2 per side, test at least 1."""
     questions = sorted({a.question for a in selection.positive + selection.negative})
-    both = {a.question for a in selection.positive} & {a.question for a in selection.negative}
+    if not questions:
+        raise InspectEmError("the predicates select no answers")
     rng = np.random.default_rng(seed)
-    # hold out questions with answers on both sides first, so the test split has both sides
     order = [questions[i] for i in rng.permutation(len(questions))]
-    order.sort(key=lambda q: q not in both)
-    n_test = max(1, round(len(questions) * holdout_fraction))
-    for extra in range(len(questions)):
-        test = set(order[:n_test + extra])
-        splits = {"fit_pos": [a for a in selection.positive if a.question not in test],
-                  "fit_neg": [a for a in selection.negative if a.question not in test],
-                  "test_pos": [a for a in selection.positive if a.question in test],
-                  "test_neg": [a for a in selection.negative if a.question in test]}
-        if splits["test_pos"] and splits["test_neg"] or n_test + extra >= len(questions) - 1:
-            break
-    if min(len(splits["fit_pos"]), len(splits["fit_neg"])) < 2 or not (splits["test_pos"] and splits["test_neg"]):
+    test = set(order[:max(1, round(len(questions) * holdout_fraction))])
+    for side in (selection.positive, selection.negative):
+        if not any(a.question in test for a in side):
+            having = {a.question for a in side}
+            test.add(next(q for q in order if q in having))
+    splits = {"fit_pos": [a for a in selection.positive if a.question not in test],
+              "fit_neg": [a for a in selection.negative if a.question not in test],
+              "test_pos": [a for a in selection.positive if a.question in test],
+              "test_neg": [a for a in selection.negative if a.question in test]}
+    if min(len(splits["fit_pos"]), len(splits["fit_neg"])) < 2:
         sizes = {k: len(v) for k, v in splits.items()}
         raise InspectEmError(f"the {len(questions)} questions cannot be split so that fit and test both hold "
                              f"both sides ({sizes}); give more questions or logs")
@@ -219,7 +254,7 @@ def split_by_question(selection: LogSelection, holdout_fraction: float = 0.25, s
 
 def log_hashes(logs: Sequence[str | Path]) -> dict[str, str]:
     """sha256 of each log file, for the card."""
-    return {Path(p).name: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in logs}
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in log_files(logs)}
 
 
 def from_log_settings(model_id: str, model_config_hash: str, name: str, logs: Sequence[str | Path],
@@ -298,23 +333,26 @@ def extract_from_logs(
         raise InspectEmError(f"{name}: non-finite validation metrics")
     settings = from_log_settings(model_id, config_hash(model.config), name, logs, positive, negative, method_names,
                                  selected, null_k, random_k, cv_folds, seed, holdout_fraction)
-    paths = [Path(p) for p in logs]
+    paths = selection.files
     trait = Trait(name=name, positive=paths[0], negative=paths[-1], position="response_mean",
                   description=f"from logs: {positive.text} vs {negative.text}")
     answers = Answers({k: [a.prompt for a in v] for k, v in splits.items()},
                        [a.answer for v in splits.values() for a in v])
     card = build_card(model, trait, answers, fitted.metrics, settings)
+    all_questions = {a.question for v in splits.values() for a in v}
+    test_questions = {a.question for k in ("test_pos", "test_neg") for a in splits[k]}
     card.trait_source = "from-log"
     card.prompt_sha256 = settings["from_log"]
     card.layer_choice = f"{card.layer_choice}; {LAYER_CHOICE_NOTE}"
     card.responses = {"source": "the logs' own answers",
                       "by_split": {k: [a.answer for a in v] for k, v in splits.items()},
-                      "prompts": {k: [a.prompt for a in v] for k, v in splits.items()}}
+                      "prompts": {k: [a.prompt for a in v] for k, v in splits.items()},
+                      "systems": {k: [a.system for a in v] for k, v in splits.items()}}
     card.from_log = {
-        "logs": [str(p) for p in logs], "sha256": settings["from_log"], "models": selection.models,
+        "logs": [str(p) for p in selection.files], "sha256": settings["from_log"], "models": selection.models,
         "positive": positive.text, "negative": negative.text, "counts": selection.counts,
-        "split": "by question (readout.cluster_keys), held-out fraction of questions "
-                 f"{holdout_fraction}, seed {seed}",
+        "split": f"by question (readout.cluster_keys), seed {seed}: {holdout_fraction} of the questions asked "
+                 f"for, {len(test_questions)} of {len(all_questions)} held out",
         "questions": {k: sorted({a.question for a in v}) for k, v in splits.items()},
         "samples": {k: [f"{Path(a.log).name}:{a.sample_id}:{a.epoch}" for a in v] for k, v in splits.items()},
     }

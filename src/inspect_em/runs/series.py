@@ -7,8 +7,10 @@ Per run and step: em_freeform with the given vectors (code mode, projections; th
 when a grader is bound with ``--grader``) → difference vs the base model and vs the control run's
 checkpoint at the same step, paired by question (:func:`inspect_em.analysis.compare.diff_ci`). Step 0
 of every run is the base model itself (a LoRA adapter starts at ΔW = 0), evaluated once. Checkpoints
-are merged into a temporary model for their eval, which is removed afterwards; logs are kept under
-``OUT/logs/<run>/step-<k>`` and a finished log is reused when the command runs again.
+are merged into a temporary model for their eval, which is removed afterwards. Logs are kept under
+``OUT-logs/<settings>/<run>/step-<k>-<adapter>`` (``<settings>``: a hash of the eval settings and the base
+model; ``<adapter>``: of the checkpoint's weights), so a finished log is reused when the same command
+runs again, and never for other settings or a retrained checkpoint.
 
 Outputs (``OUT/``): ``series.csv`` (run, step, metric, value and CI, differences vs base and vs the
 control with CIs), ``lora.csv`` (per step, layer and module: ``‖ΔW‖_F``, cosines), ``series.png``.
@@ -37,6 +39,27 @@ class SeriesResult:
     table: pd.DataFrame
     lora: pd.DataFrame
     folder: Path
+
+
+def _digest(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:12]
+
+
+def check_adapters(label: str, checkpoints: Sequence[Any], base_path: str) -> None:
+    """Every checkpoint of a run adapts ``base_path`` (its ``adapter_config.json`` says so), and its
+    step 0, if saved, is the untrained adapter (ΔW = 0), which the base model's log stands for."""
+    from inspect_em.analysis.checkpoints import lora_deltas
+
+    for checkpoint in checkpoints:
+        config = json.loads((checkpoint.path / "adapter_config.json").read_text())
+        named = str(config.get("base_model_name_or_path") or "")
+        if named and Path(named).expanduser().exists() and \
+                Path(named).expanduser().resolve() != Path(base_path).expanduser().resolve():
+            raise InspectEmError(f"run {label}: {checkpoint.path.name} adapts {named}, not the base model {base_path}")
+        if checkpoint.step == 0 and float(lora_deltas(checkpoint.path)["delta_norm"].max()) != 0.0:
+            raise InspectEmError(f"run {label}: its step-0 adapter is not the untrained one (ΔW ≠ 0)")
 
 
 def _merged(base_path: str, adapter: Path, target: Path) -> Path:
@@ -103,7 +126,8 @@ def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], contr
             row: dict[str, Any] = {"run": run, "step": step, "metric": metric, "n": data.n, "value": data.mean(),
                                    "value_low": low, "value_high": high}
             vs = diff_ci(data, base)
-            row.update(diff_vs_base=vs.estimate, diff_vs_base_low=vs.low, diff_vs_base_high=vs.high)
+            low_b, high_b = (0.0, 0.0) if step == 0 else (vs.low, vs.high)  # step 0 is the base model itself
+            row.update(diff_vs_base=vs.estimate, diff_vs_base_low=low_b, diff_vs_base_high=high_b)
             if control and run != control and (control, step) in at:
                 c = by_label[at[(control, step)]]
                 vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()))
@@ -180,9 +204,23 @@ def run_series(
     from inspect_em.analysis.checkpoints import read_series, series_deltas
     from inspect_em.analysis.logs import load_samples
     from inspect_em.directions import store as vector_store
-    from inspect_em.model.loading import hub_offline_for_local, local_folder, model_id_of, resolve_model_ref
+    from inspect_em.model.loading import (
+        check_vectors_fit,
+        hub_offline,
+        hub_offline_for_local,
+        local_folder,
+        model_id_of,
+        resolve_model_ref,
+    )
     from inspect_em.tasks import em_freeform
-    from inspect_em.util.paths import TMP_MARKER, atomic_output, check_name, check_output
+    from inspect_em.util.paths import (
+        TMP_MARKER,
+        atomic_output,
+        check_live_folder,
+        check_name,
+        check_output,
+        claim_live_folder,
+    )
 
     if control is not None and control not in runs:
         raise InspectEmError(f"--control {control!r} is not one of the runs ({', '.join(runs)})")
@@ -192,34 +230,46 @@ def run_series(
             raise InspectEmError("'base' names the base model: give the runs other labels")
     series = {label: read_series(folder) for label, folder in runs.items()}
     cards = [vector_store.load(v) for v in vectors]
+    vecs = [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
+            for tv in cards]  # resolved now: a card without mean_diff fails before any eval
     base_path = resolve_model_ref(model_ref)
+    for label, checkpoints in series.items():
+        check_adapters(label, checkpoints, base_path)
+    check_vectors_fit(cards, base_path)
     name = model_id_of(model_ref).rsplit("/", 1)[-1]
-    config = {"model": model_id_of(model_ref), "runs": {k: str(v) for k, v in runs.items()},
-              "steps": {k: [c.step for c in s] for k, s in series.items()}, "vectors": [str(v) for v in vectors],
-              "control": control, "samples_per_question": samples_per_question, "max_tokens": max_tokens,
-              "variants": variants, "limit": limit, "grader": grader, "seed": seed}
+    evals = {"model": model_id_of(model_ref), "vectors": [str(v) for v in vectors],
+             "samples_per_question": samples_per_question, "max_tokens": max_tokens, "variants": variants,
+             "limit": limit, "grader": grader, "seed": seed}
+    config = {**evals, "runs": {k: str(v) for k, v in runs.items()},
+              "steps": {k: [c.step for c in s] for k, s in series.items()}, "control": control}
     inputs = [p for p in [local_folder(model_ref), *runs.values(), *vectors] if p is not None]
     check_output(out, command="series", config=config, inputs=inputs, force=force)
-    logs_root = out.parent / f"{out.name}-logs"  # resumable across runs; the report folder is replaced whole
+    live = out.parent / f"{out.name}-logs"  # resumable; the report folder is replaced whole
+    check_live_folder(live, command="series", config={}, force=force)
+    claim_live_folder(live, command="series", config={}, force=force)
+    logs_root = live / _digest(json.dumps(evals, sort_keys=True).encode())
+
     def task() -> Any:
         return em_freeform(variants=variants, samples_per_question=samples_per_question,
                            vectors=",".join(str(v) for v in vectors) or None, judge=grader is not None)
 
-    with hub_offline_for_local(model_ref):  # a local base: every model here is a local folder
-        report("evaluating the base model (step 0 of every run)")
+    report("evaluating the base model (step 0 of every run)")
+    with hub_offline_for_local(model_ref):
         _eval(name, base_path, task(), logs_root / BASE, seed, limit, grader, max_tokens)
-        logs, labels = [str(logs_root / BASE)], [BASE]
-        steps: dict[str, tuple[str, int]] = {}
+    logs, labels = [str(logs_root / BASE)], [BASE]
+    steps: dict[str, tuple[str, int]] = {}
+    with hub_offline():  # every checkpoint is a local folder (the base is cached by now)
         for run, checkpoints in series.items():
             for checkpoint in checkpoints:
                 label = f"{run}.step{checkpoint.step}"
                 steps[label] = (run, checkpoint.step)
-                if checkpoint.step == 0:  # ΔW = 0: the base model's log stands for it
+                if checkpoint.step == 0:  # ΔW = 0 (checked): the base model's log stands for it
                     continue
-                log_dir = logs_root / run / f"step-{checkpoint.step}"
+                weights = (checkpoint.path / "adapter_model.safetensors").read_bytes()
+                log_dir = logs_root / run / f"step-{checkpoint.step}-{_digest(weights)}"
                 if not _finished_log(log_dir):
                     report(f"evaluating {run} at step {checkpoint.step}")
-                    tmp = logs_root / f".merged-{run}-{checkpoint.step}"
+                    tmp = live / f".merged-{run}-{checkpoint.step}"
                     shutil.rmtree(tmp, ignore_errors=True)
                     tmp.mkdir(parents=True)
                     (tmp / TMP_MARKER).write_text("")
@@ -238,8 +288,6 @@ def run_series(
         if step == 0:
             samples = pd.concat([samples, base_rows.assign(label=label)], ignore_index=True)
     table = series_table(samples, steps, control)
-    vecs = [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
-            for tv in cards]
     lora = pd.concat([series_deltas(folder, vecs).assign(run=run) for run, folder in runs.items()],
                      ignore_index=True)
     d_model = cards[0].card.d_model if cards else 1
