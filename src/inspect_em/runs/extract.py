@@ -163,7 +163,6 @@ def extract_trait_vectors(
     Every prompt must fit the model's context (with room for the answer at ``response_mean``): a
     longer one is a one-line error, or cut to fit with ``truncate_prompts``.
     """
-    from threadpoolctl import threadpool_limits
 
     method_names = resolve_methods(methods)
     selected = resolve_layers(len(find_layers(model)), layers)
@@ -172,16 +171,27 @@ def extract_trait_vectors(
                                 truncate_prompts)
     answers = _answers(model, tokenizer, trait, groups, position, batch_size, progress)
     split = _activations(model, tokenizer, trait, answers, selected, position, batch_size, progress)
-    fit_settings = FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed)
-    with threadpool_limits(limits=torch.get_num_threads()), \
-            tqdm(total=len(selected), desc=f"{trait.name} methods × layers", disable=not progress, leave=False) as bar:
-        fitted = fit_layers(split, selected, method_names, fit_settings, progress=bar.update)
-    if not np.isfinite(fitted.metrics["test_auroc"]).all():
-        raise InspectEmError(f"trait {trait.name}: non-finite validation metrics")
+    fitted = fit_validated(split, selected, method_names,
+                           FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed),
+                           trait.name, progress)
     settings = extraction_settings(model_id, config_hash(model.config), trait, method_names, selected, position,
                                    null_k, random_k, cv_folds, seed, truncate_prompts)
     card = build_card(model, trait, answers, fitted.metrics, settings)
     return TraitVectors(fitted.vectors, selected, card, fitted.metrics)
+
+
+def fit_validated(split: dict[str, torch.Tensor], selected: list[int], method_names: list[str],
+                  settings: FitSettings, name: str, progress: bool) -> Any:
+    """Every method fitted and validated at every selected layer (the engine), with a progress bar;
+    ``split`` maps ``fit_pos`` ... to ``[n, layers, d_model]`` activations."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=torch.get_num_threads()), \
+            tqdm(total=len(selected), desc=f"{name} methods × layers", disable=not progress, leave=False) as bar:
+        fitted = fit_layers(split, selected, method_names, settings, progress=bar.update)
+    if not np.isfinite(fitted.metrics["test_auroc"]).all():
+        raise InspectEmError(f"trait {name}: non-finite validation metrics")
+    return fitted
 
 
 def prompts_in_context(tokenizer: Any, config: Any, trait: Trait, groups: dict[str, list[str]], position: str,

@@ -292,17 +292,15 @@ def extract_from_logs(
     question (:func:`split_by_question`), validated as :func:`~inspect_em.runs.extract.extract_trait_vectors`
     validates. Activations per split are ``[n, layers, d_model]`` on the model's input device."""
     import torch
-    from threadpoolctl import threadpool_limits
-    from tqdm.auto import tqdm
 
-    from inspect_em.directions.engine import FitSettings, fit_layers
+    from inspect_em.directions.engine import FitSettings
     from inspect_em.directions.methods import resolve_methods
     from inspect_em.directions.store import TraitVectors, config_hash
     from inspect_em.directions.traits import Trait
     from inspect_em.model.activations import collect_activations
     from inspect_em.model.hooks import find_layers, input_device
     from inspect_em.readout import resolve_layers
-    from inspect_em.runs.extract import Answers, build_card
+    from inspect_em.runs.extract import Answers, build_card, fit_validated
 
     positive = parse_predicate(positive) if isinstance(positive, str) else positive
     negative = parse_predicate(negative) if isinstance(negative, str) else negative
@@ -325,12 +323,8 @@ def extract_from_logs(
         return torch.stack([t for t in out if t is not None])
 
     acts = {split: read(items) for split, items in splits.items()}
-    fit_settings = FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed)
-    with threadpool_limits(limits=torch.get_num_threads()), \
-            tqdm(total=len(selected), desc=f"{name} methods × layers", disable=not progress, leave=False) as bar:
-        fitted = fit_layers(acts, selected, method_names, fit_settings, progress=bar.update)
-    if not np.isfinite(fitted.metrics["test_auroc"]).all():
-        raise InspectEmError(f"{name}: non-finite validation metrics")
+    fitted = fit_validated(acts, selected, method_names,
+                           FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed), name, progress)
     settings = from_log_settings(model_id, config_hash(model.config), name, logs, positive, negative, method_names,
                                  selected, null_k, random_k, cv_folds, seed, holdout_fraction)
     paths = selection.files

@@ -100,8 +100,10 @@ def _eval(model_name: str, model_path: str, task: Any, log_dir: Path, seed: int,
 
 def _headline(columns: Sequence[str]) -> list[str]:
     """The measures plotted: code mode, the judge's misaligned rate(s), every projection column."""
-    return [c for c in columns if c == "code_mode" or c.startswith("proj:")
-            or (c.startswith("judge:misaligned") and "/" not in c.removeprefix("judge:misaligned"))]
+    from inspect_em.readout import column_key, is_column, judge_key
+
+    return [c for c in columns if c == "code_mode" or is_column(c, "proj")
+            or column_key(c, "judge") == judge_key("misaligned")]
 
 
 def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], control: str | None) -> pd.DataFrame:
