@@ -92,7 +92,9 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     table = pd.read_csv(out / "series.csv")
     code = table[table["metric"] == "code_mode"]
     assert code.groupby("run")["step"].apply(list).to_dict() == {"insecure": [0, 1, 2], "secure": [0, 1, 2]}
-    assert (code[code["step"] == 0]["diff_vs_base"] == 0).all()
+    step0 = code[code["step"] == 0]
+    assert (step0[["diff_vs_base", "diff_vs_base_low", "diff_vs_base_high"]] == 0).all().all()
+    assert (step0.loc[step0["run"] == "insecure", ["diff_vs_control_low", "diff_vs_control_high"]] == 0).all().all()
     assert code[code["run"] == "insecure"]["diff_vs_control"].notna().all()
     assert code[code["run"] == "secure"]["diff_vs_control"].isna().all()
     assert any(m.startswith("proj:code/") for m in table["metric"])

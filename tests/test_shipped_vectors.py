@@ -12,10 +12,17 @@ from inspect_em.directions import store as vector_store
 from inspect_em.directions.traits import load_trait
 
 SHIPPED = Path(__file__).parent.parent / "vectors" / "SmolLM2-135M-Instruct"
+# The shipped vectors were extracted with transformers 5.x: on that major they are reproduced exactly
+# (cos > 0.9999, the same greedy answers). Another major (the floor run's 4.56) computes the same
+# model with other kernels: measured cos 0.981-0.998, and other greedy answers.
+import transformers  # noqa: E402
+
+SAME_MAJOR = transformers.__version__.split(".")[0] == "5"
+COS_MIN = 0.9999 if SAME_MAJOR else 0.97
 RESPONSE_FOLDERS = ["code", "refusal.response_mean", "refusal_instructed"]
 # one worker, in file order: each response vector's fit answers are read over three tests (the negative
-# side, then the positive side in two halves, so each test stays within its budget on one thread), the
-# last test reusing the earlier sums
+# side, then each half of the positive side, so each test stays within its budget on one thread); the
+# last test only combines the sums
 pytestmark = pytest.mark.xdist_group("shipped-vectors")
 _SUMS: dict[tuple[str, str, int], tuple[np.ndarray, int]] = {}
 
@@ -68,7 +75,7 @@ def test_shipped_prompt_vectors_are_reproduced_and_valid(embedded_model, folder:
             for k, n in subset.items()}
     v = acts["fit_pos"].mean(0) - acts["fit_neg"].mean(0)
     v /= np.linalg.norm(v)
-    assert float(v @ shipped.vector("mean_diff", layer)) > 0.9999
+    assert float(v @ shipped.vector("mean_diff", layer)) > COS_MIN
     scores = np.concatenate([acts["test_pos"] @ v, acts["test_neg"] @ v])
     labels = np.r_[np.ones(len(acts["test_pos"])), np.zeros(len(acts["test_neg"]))]
     auroc = roc_auc_score(labels, scores)
@@ -94,14 +101,16 @@ def test_shipped_response_answers_are_the_models_own(embedded_model, folder: str
         assert not any(shows_trait(trait.response_filter, a) for a in answers["fit_neg"])
     again = generate_responses(model, tokenizer, prompts["fit_neg"][:2], max_new_tokens=trait.response_max_tokens,
                                system=trait.system_for("fit_neg"), progress=False)
-    assert again == answers["fit_neg"][:2]
+    if SAME_MAJOR:  # under other kernels greedy decoding takes other paths (the floor's first words differ)
+        assert again == answers["fit_neg"][:2]
     assert np.isfinite(_side_mean(embedded_model, folder, "fit_neg")).all()
 
 
+@pytest.mark.parametrize("part", [0, 1])
 @pytest.mark.parametrize("folder", RESPONSE_FOLDERS)
-def test_shipped_response_positive_answers_are_read(embedded_model, folder: str):
-    """The first half of the positive side's fit answers (the second half is read by the next test)."""
-    total, n = _part_sum(embedded_model, folder, "fit_pos", 0)
+def test_shipped_response_positive_answers_are_read(embedded_model, folder: str, part: int):
+    """One half of the positive side's fit answers (for the next test)."""
+    total, n = _part_sum(embedded_model, folder, "fit_pos", part)
     assert n > 0 and np.isfinite(total).all()
 
 
@@ -112,4 +121,4 @@ def test_shipped_response_vectors_are_reproduced_from_their_answers(embedded_mod
     shipped = vector_store.load(SHIPPED / folder)
     layer = shipped.best_layer("mean_diff")
     v = _side_mean(embedded_model, folder, "fit_pos") - _side_mean(embedded_model, folder, "fit_neg")
-    assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > 0.9999
+    assert float(v / np.linalg.norm(v) @ shipped.vector("mean_diff", layer)) > COS_MIN

@@ -133,7 +133,8 @@ def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], contr
             if control and run != control and (control, step) in at:
                 c = by_label[at[(control, step)]]
                 vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()))
-                row.update(diff_vs_control=vc.estimate, diff_vs_control_low=vc.low, diff_vs_control_high=vc.high)
+                low_c, high_c = (0.0, 0.0) if step == 0 else (vc.low, vc.high)  # both are the base model
+                row.update(diff_vs_control=vc.estimate, diff_vs_control_low=low_c, diff_vs_control_high=high_c)
             rows.append(row)
     return pd.DataFrame(rows)
 
