@@ -6,6 +6,7 @@ question, and the per-question rates a scorer reports (code mode by base questio
 
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from inspect_em.errors import InspectEmError
@@ -44,7 +45,8 @@ def log_summary(log: str | Path, max_rows: int = 20) -> str:
         groups = {k: m.value for k, m in s.metrics.items()
                   if k != "mean" and k not in STDERR_METRICS and "/" not in k and not k.endswith("_stderr")}
         if groups:  # per question (code mode) or per prompt type (refusal_contrast's contrast)
-            per_group.append(f"{s.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in groups.items()))
+            line = f"{s.name}: " + ", ".join(f"{k} {v:.2f}" for k, v in groups.items())
+            per_group.append(textwrap.fill(line, width=100, subsequent_indent="  "))
     if len(scores) > max_rows:
         lines.append(f"... {len(scores) - max_rows} more scores in the log")
     return "\n".join(lines + per_group)
