@@ -36,7 +36,7 @@ import yaml
 
 from inspect_em.errors import InspectEmError
 from inspect_em.readout import POSITIONS
-from inspect_em.util.jsonl import read_jsonl
+from inspect_em.util.jsonl import read_jsonl, read_utf8
 from inspect_em.util.paths import check_name, user_path
 
 
@@ -169,12 +169,9 @@ def load_trait(name_or_path: str | Path) -> Trait:
                 f"unknown trait '{name_or_path}': built-ins are {', '.join(builtin_traits())}, or give a YAML path"
             )
         path = candidate
-    if not path.is_file():
-        raise InspectEmError(f"{path}: trait file not found")
+    text = read_utf8(path, "trait file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise InspectEmError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise InspectEmError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

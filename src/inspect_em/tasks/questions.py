@@ -28,6 +28,7 @@ from pathlib import Path
 import yaml
 
 from inspect_em.errors import InspectEmError
+from inspect_em.util.jsonl import read_utf8
 from inspect_em.util.paths import user_path
 
 logger = logging.getLogger(__name__)
@@ -143,12 +144,9 @@ def load_questions(path: str | Path | None = None) -> list[Question]:
         InspectEmError: one line naming the file and the entry/field at fault.
     """
     path = user_path(path) if path is not None else builtin_questions_path()
-    if not path.is_file():
-        raise InspectEmError(f"{path}: question file not found")
+    text = read_utf8(path, "question file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise InspectEmError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f"line {mark.line + 1}" if mark is not None else "?"
