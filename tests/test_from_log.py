@@ -3,6 +3,7 @@ predicates, held out by question; on mockllm logs of code and prose answers read
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -95,6 +96,8 @@ def test_extract_from_log_separates_held_out_questions(code_prose_log: Path, tin
     card = json.loads((out / "card.json").read_text())
     assert card["position"] == "response_mean" and card["trait_source"] == "from-log"
     assert card["from_log"]["positive"] == "score:code_mode==1" and card["from_log"]["logs"] == [str(code_prose_log)]
+    digest = {code_prose_log.name: hashlib.sha256(code_prose_log.read_bytes()).hexdigest()}
+    assert card["prompt_sha256"] == card["from_log"]["sha256"] == digest
     counts = card["from_log"]["counts"][code_prose_log.name]
     assert counts["positive"] + counts["negative"] == counts["samples"] == 32
     questions = card["from_log"]["questions"]

@@ -145,15 +145,15 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
         selected = resolve_layers(int(getattr(text_config(config), "num_hidden_layers", 0) or 0), layers)
         model_id = model_id_of(model_ref)
         out = out or Path("vectors") / model_slug(model_id) / name
-        settings = from_log_settings(model_id, config_hash(config), name, from_logs, pos, neg, method_names,
-                                     selected, null_k, random_k, cv_folds, 0, 0.25)
+        settings = from_log_settings(model_id, config_hash(config), name, selection, pos, neg, method_names,
+                                     selected, null_k, random_k, cv_folds)
         inputs = [p for p in [local_folder(model_ref), *from_logs] if p is not None]
         check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
         answers_in_context(load_tokenizer(model_ref), config, selection)
         model, tokenizer, model_id = load(model_ref)
         tv = extract_from_logs(model, tokenizer, from_logs, pos, neg, name=name, model_id=model_id,
                                methods=method_names, layers=selected, batch_size=batch_size, null_k=null_k,
-                               random_k=random_k, cv_folds=cv_folds)
+                               random_k=random_k, cv_folds=cv_folds, selection=selection)
         title = f"{name} vectors for {model_slug(model_id)} from {len(from_logs)} log(s) at response_mean"
     else:
         assert trait is not None

@@ -249,8 +249,10 @@ def _activations(model: Any, tokenizer: Any, trait: Trait, answers: Answers, lay
     return {name: acts[bounds[i]:bounds[i + 1]] for i, name in enumerate(groups)}
 
 
-def build_card(model: Any, trait: Trait, answers: Answers, metrics: pd.DataFrame, settings: dict[str, Any]) -> Card:
-    """The card of an extraction: what was fitted, on what, how each layer was chosen."""
+def build_card(model: Any, trait: Trait, answers: Answers, metrics: pd.DataFrame, settings: dict[str, Any],
+               prompt_sha256: dict[str, str] | None = None) -> Card:
+    """The card of an extraction: what was fitted, on what, how each layer was chosen (``prompt_sha256``:
+    the input files' hashes when they are not the trait's prompt files)."""
     layers, methods = settings["layers"], settings["methods"]
     best = best_layers(metrics)
     norms = metrics.drop_duplicates("layer").set_index("layer")["mean_diff_norm"]
@@ -286,7 +288,7 @@ def build_card(model: Any, trait: Trait, answers: Answers, metrics: pd.DataFrame
                "random": "random directions drawn once per run (shared by layers and methods), each signed by the "
                          "fit split's mean difference, scored on the test split",
                "ica_permutation": ICA_NULL},
-        prompt_sha256=trait.prompt_hashes(),
+        prompt_sha256=trait.prompt_hashes() if prompt_sha256 is None else prompt_sha256,
         trait_source=trait.source_label(),
         system=trait.system,
         positive_system=trait.positive_system,

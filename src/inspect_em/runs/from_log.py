@@ -38,6 +38,7 @@ OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
 _PREDICATE = re.compile(r"^(?P<source>score|metadata):(?P<name>[^=!<>]+?)(?P<op>==|!=|>=|<=|>|<)(?P<value>.*)$")
+HOLDOUT_FRACTION = 0.25  # of the questions, held out whole
 LAYER_CHOICE_NOTE = ("CV folds of the fit split are drawn over answers, not grouped by question; the held-out "
                      "test split is by question")
 
@@ -125,6 +126,7 @@ class LogSelection:
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     models: list[str] = field(default_factory=list)  # per log: its model_path, else its model name
     files: list[Path] = field(default_factory=list)
+    sha256: dict[str, str] = field(default_factory=dict)  # per log file name, for the card
 
 
 def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
@@ -201,6 +203,7 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
             (selection.positive if is_pos else selection.negative).append(item)
             counts["positive" if is_pos else "negative"] += 1
         selection.counts[path.name] = counts
+        selection.sha256[path.name] = hashlib.sha256(path.read_bytes()).hexdigest()
     selection.files = files
     for side, items, predicate in (("positive", selection.positive, positive),
                                    ("negative", selection.negative, negative)):
@@ -225,7 +228,7 @@ def answers_in_context(tokenizer: Any, config: Any, selection: LogSelection) -> 
                                  f"longer than the model's context ({limit})")
 
 
-def split_by_question(selection: LogSelection, holdout_fraction: float = 0.25, seed: int = 0
+def split_by_question(selection: LogSelection, holdout_fraction: float = HOLDOUT_FRACTION, seed: int = 0
                       ) -> dict[str, list[LogAnswer]]:
     """``fit_pos``, ``fit_neg``, ``test_pos``, ``test_neg``: a seeded random share of the questions held
     out whole, so no question has answers on both the fit and the test side. When the random share
@@ -252,17 +255,12 @@ def split_by_question(selection: LogSelection, holdout_fraction: float = 0.25, s
     return splits
 
 
-def log_hashes(logs: Sequence[str | Path]) -> dict[str, str]:
-    """sha256 of each log file, for the card."""
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in log_files(logs)}
-
-
-def from_log_settings(model_id: str, model_config_hash: str, name: str, logs: Sequence[str | Path],
+def from_log_settings(model_id: str, model_config_hash: str, name: str, selection: LogSelection,
                       positive: Predicate, negative: Predicate, methods: Sequence[str], layers: Sequence[int],
-                      null_k: int, random_k: int, cv_folds: int, seed: int, holdout_fraction: float
-                      ) -> dict[str, Any]:
+                      null_k: int, random_k: int, cv_folds: int, seed: int = 0,
+                      holdout_fraction: float = HOLDOUT_FRACTION) -> dict[str, Any]:
     """What makes two from-log extractions the same (the output folder's re-run identity)."""
-    return {"model": model_id, "config_hash": model_config_hash, "trait": name, "from_log": log_hashes(logs),
+    return {"model": model_id, "config_hash": model_config_hash, "trait": name, "from_log": selection.sha256,
             "positive": positive.text, "negative": negative.text, "methods": list(methods), "layers": list(layers),
             "position": "response_mean", "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds,
             "seed": seed, "holdout_fraction": holdout_fraction}
@@ -283,14 +281,17 @@ def extract_from_logs(
     null_k: int = 50,
     random_k: int = 1000,
     cv_folds: int = 5,
-    holdout_fraction: float = 0.25,
+    holdout_fraction: float = HOLDOUT_FRACTION,
     seed: int = 0,
     progress: bool = True,
+    selection: LogSelection | None = None,
 ) -> Any:
     """Trait vectors (a :class:`~inspect_em.directions.store.TraitVectors`) fitted on the logs'
     answers selected by ``positive`` / ``negative``, read by ``model`` at ``response_mean``, held out by
     question (:func:`split_by_question`), validated as :func:`~inspect_em.runs.extract.extract_trait_vectors`
-    validates. Activations per split are ``[n, layers, d_model]`` on the model's input device."""
+    validates. Activations per split are ``[n, layers, d_model]`` on the model's input device.
+    ``selection``: the logs already read by :func:`select_answers` with these predicates (the CLI reads
+    them to check before the model loads), else they are read here."""
     import torch
 
     from inspect_em.directions.engine import FitSettings
@@ -306,7 +307,7 @@ def extract_from_logs(
     negative = parse_predicate(negative) if isinstance(negative, str) else negative
     method_names = resolve_methods(methods)
     selected = resolve_layers(len(find_layers(model)), layers)
-    selection = select_answers(logs, positive, negative)
+    selection = selection or select_answers(logs, positive, negative)
     splits = split_by_question(selection, holdout_fraction, seed)
 
     def read(items: list[LogAnswer]) -> torch.Tensor:
@@ -325,18 +326,17 @@ def extract_from_logs(
     acts = {split: read(items) for split, items in splits.items()}
     fitted = fit_validated(acts, selected, method_names,
                            FitSettings(null_k=null_k, random_k=random_k, cv_folds=cv_folds, seed=seed), name, progress)
-    settings = from_log_settings(model_id, config_hash(model.config), name, logs, positive, negative, method_names,
-                                 selected, null_k, random_k, cv_folds, seed, holdout_fraction)
+    settings = from_log_settings(model_id, config_hash(model.config), name, selection, positive, negative,
+                                 method_names, selected, null_k, random_k, cv_folds, seed, holdout_fraction)
     paths = selection.files
     trait = Trait(name=name, positive=paths[0], negative=paths[-1], position="response_mean",
                   description=f"from logs: {positive.text} vs {negative.text}")
     answers = Answers({k: [a.prompt for a in v] for k, v in splits.items()},
                        [a.answer for v in splits.values() for a in v])
-    card = build_card(model, trait, answers, fitted.metrics, settings)
+    card = build_card(model, trait, answers, fitted.metrics, settings, prompt_sha256=selection.sha256)
     all_questions = {a.question for v in splits.values() for a in v}
     test_questions = {a.question for k in ("test_pos", "test_neg") for a in splits[k]}
     card.trait_source = "from-log"
-    card.prompt_sha256 = settings["from_log"]
     card.layer_choice = f"{card.layer_choice}; {LAYER_CHOICE_NOTE}"
     card.responses = {"source": "the logs' own answers",
                       "by_split": {k: [a.answer for a in v] for k, v in splits.items()},
