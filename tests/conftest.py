@@ -8,6 +8,11 @@ from pathlib import Path
 import pytest
 
 REFERENCE_ENV = "INSPECT_EM_REFERENCE"
+# Inspect's hf/ provider idles ~3 s per generation round (a 2 s gathering wait, then 1 s polls): with
+# hundreds of small evals that was minutes of the suite. Here, and in the processes tests start, it
+# gathers for 50 ms and awaits answers (inspect_adapter.shorten_hf_batch_wait); test_demo's `make
+# demo-run` test removes this, so the provider's own path runs too.
+os.environ.setdefault("INSPECT_EM_HF_BATCH_WAIT", "0.05")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each (and in the processes tests start),

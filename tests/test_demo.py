@@ -87,7 +87,9 @@ def test_make_demo_is_offline_and_ends_with_a_summary(tmp_path: Path):
     if make is None:
         pytest.skip("no make")
     unreachable = "http://127.0.0.1:9"  # a closed port: any request fails (and would be retried)
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    # as a user runs it: no offline flags, and the provider's own batching (no INSPECT_EM_HF_BATCH_WAIT)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "INSPECT_EM_HF_BATCH_WAIT")}
     env.update({name: unreachable for name in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy")})
     proc = subprocess.run([make, "-s", "--no-print-directory", "-C", str(Path(__file__).parent.parent), "demo-run",
                            f"BIN={Path(sys.executable).parent}", "LIMIT=1", "MAX_TOKENS=4", "SAMPLES=1",

@@ -302,3 +302,35 @@ def test_hub_offline_is_restored_in_process(monkeypatch: pytest.MonkeyPatch):
     with hub_offline():
         assert constants.HF_HUB_OFFLINE is True and os.environ["HF_HUB_OFFLINE"] == "1"
     assert constants.HF_HUB_OFFLINE is False and "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_the_suites_short_batch_wait_keeps_requests_batched(tiny_model_dir: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """Under $INSPECT_EM_HF_BATCH_WAIT (set for the suite in conftest) the hf/ provider still batches
+    requests that arrive together: 4 samples × 2 epochs are one batch of 8, as with Inspect's own
+    2-second gathering, and every sample gets its answer."""
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.model import get_model
+    from inspect_ai.model._providers import hf
+
+    from inspect_em.inspect_adapter import shorten_hf_batch_wait
+    from inspect_em.tasks import em_freeform
+
+    assert os.environ["INSPECT_EM_HF_BATCH_WAIT"] and shorten_hf_batch_wait()
+    assert hf.batched_generate.__qualname__.startswith("shorten_hf_batch_wait")
+    sizes: list[int] = []
+    original = hf._generate_batch
+    monkeypatch.setattr(hf, "_generate_batch", lambda batch: (sizes.append(len(batch)), original(batch))[1])
+    model = get_model(f"hf/{tiny_model_dir}", device="cpu", memoize=False)
+    (log,) = inspect_eval(em_freeform(variants="plain"), model=model, log_dir=str(tmp_path), display="none",
+                          limit=4, epochs=2, max_tokens=4, seed=0)
+    assert log.status == "success" and sizes == [8]
+    assert len(log.samples) == 8 and all(s.output.completion for s in log.samples)
+
+
+def test_a_bad_batch_wait_is_one_line(monkeypatch: pytest.MonkeyPatch):
+    from inspect_em.inspect_adapter import shorten_hf_batch_wait
+
+    monkeypatch.setenv("INSPECT_EM_HF_BATCH_WAIT", "soon")
+    with pytest.raises(InspectEmError, match="INSPECT_EM_HF_BATCH_WAIT='soon': expected seconds"):
+        shorten_hf_batch_wait()

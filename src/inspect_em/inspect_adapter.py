@@ -14,24 +14,31 @@ at a callable chosen by the calling sample's context (its steering plan), just b
 provider captures it, so requests with the same steering share batches and different steering
 never does. The callable holds :func:`model_lock` while it generates and installs the steering
 hooks only for that batch. The wrapper is removed when the last sample leaves.
+
+:func:`shorten_hf_batch_wait` (``INSPECT_EM_HF_BATCH_WAIT=<seconds>``, which the test suite sets) cuts
+the provider's idle time between a generation round's requests and their answers.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextvars
 import functools
+import os
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+import anyio
 from inspect_ai._util.error import PrerequisiteError
 
 from inspect_em.errors import InspectEmError
 
-__all__ = ["generation", "hf_api", "installed", "model_lock", "one_line_errors", "provider_prompt_ids",
-           "set_scorer_metrics"]
+__all__ = ["BATCH_WAIT_ENV", "generation", "hf_api", "installed", "model_lock", "one_line_errors",
+           "provider_prompt_ids", "set_scorer_metrics", "shorten_hf_batch_wait"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -238,3 +245,71 @@ def generation(api: Any, plan: Any = None, capture: Any = None) -> Iterator[None
 def installed(api: Any) -> bool:
     """Whether :func:`generation` currently wraps this provider (for tests)."""
     return getattr(api, _STATE_ATTR, None) is not None
+
+
+BATCH_WAIT_ENV = "INSPECT_EM_HF_BATCH_WAIT"
+
+
+def _asyncio_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+_BATCH_WAIT: list[float] = []  # the installed wait, once installed
+
+
+def shorten_hf_batch_wait(seconds: float | None = None) -> bool:
+    """Shorten the ``hf/`` provider's idle time per generation round; off unless asked for.
+
+    Inspect's provider gathers requests into a batch until none has arrived for 2 s, and every
+    waiting sample checks for its answer once a second: about 3 s idle per round, which dominates
+    small evals on a CPU (each test's eval, the tiny GPU check). This gathers for ``seconds``
+    (default: ``$INSPECT_EM_HF_BATCH_WAIT``; nothing happens when neither is set) and awaits each
+    answer instead of polling. Batches form as before from requests that arrive together. Relies on
+    the provider module's ``batch_queue``, ``batch_thread``, ``_QueueItem``, ``_batch_key``,
+    ``_drain_batches`` and ``_generate_batch``; returns False, changing nothing, without them.
+    Installed once per process (the first wait wins).
+    """
+    if seconds is None:
+        value = os.environ.get(BATCH_WAIT_ENV, "").strip()
+        if not value:
+            return False
+        try:
+            seconds = float(value)
+        except ValueError:
+            raise InspectEmError(f"{BATCH_WAIT_ENV}={value!r}: expected seconds, e.g. 0.05") from None
+    if seconds < 0:
+        raise InspectEmError(f"batch wait {seconds} s: expected >= 0")
+    with _INSTALL:
+        if _BATCH_WAIT:
+            return True
+        from inspect_ai.model._providers import hf
+
+        needed = ("batch_queue", "batch_thread", "_QueueItem", "_batch_key", "_drain_batches", "_generate_batch",
+                  "batched_generate")
+        if not all(hasattr(hf, name) for name in needed):
+            return False
+        wait = seconds
+
+        def process_batches() -> None:
+            while True:
+                for batch in hf._drain_batches(hf.batch_queue, timeout=wait):
+                    hf._generate_batch(batch)
+
+        async def batched_generate(input: Any) -> Any:
+            with _INSTALL:
+                if hf.batch_thread is None:
+                    hf.batch_thread = threading.Thread(target=process_batches, daemon=True)
+                    hf.batch_thread.start()
+            future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+            hf.batch_queue.put(hf._QueueItem(input=input, future=future, key=hf._batch_key(input)))
+            if _asyncio_running():
+                return await asyncio.wrap_future(future)
+            while not future.done():  # another backend (trio): poll, briefly
+                await anyio.sleep(0.02)
+            return future.result()
+
+        hf.batched_generate = batched_generate
+        _BATCH_WAIT.append(wait)
+        return True
