@@ -103,8 +103,40 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     assert (norms.xs(0, level="step") == 0).all() and (norms.xs(2, level="step") > 0).all()
     assert (out / "series.png").stat().st_size > 10_000
     assert len(list((tmp_path / "series-logs").rglob("*.eval"))) == 5  # base + 2 runs x steps 1, 2
-    assert not list((tmp_path / "series-logs").glob(".merged-*"))  # temporary merged models removed
     pd.testing.assert_frame_equal(result.table.reset_index(drop=True), table, check_dtype=False, atol=1e-9)
+    # the checkpoint was applied in place to the one loaded base: the same answers and projections as a
+    # separate eval of that checkpoint merged into a plain folder by peft (same seed and settings)
+    _same_as_merged(tiny_model_dir, read_series(runs["insecure"])[-1].path, tiny_vectors[1], tmp_path)
+
+
+def _same_as_merged(base: Path, adapter: Path, vectors: Path, tmp_path: Path) -> None:
+    import numpy as np
+    from inspect_ai import eval as inspect_eval
+    from inspect_ai.log import read_eval_log
+    from inspect_ai.model import get_model
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
+
+    from inspect_em.tasks import em_freeform
+
+    (in_place,) = [read_eval_log(str(p)) for p in (tmp_path / "series-logs").rglob("insecure/step-2-*/*.eval")]
+    assert in_place.eval.metadata["step"] == 2 and in_place.eval.metadata["adapter"] == str(adapter)
+    folder = tmp_path / "merged"
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload() \
+        .save_pretrained(folder)
+    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
+    set_seed(0)
+    (merged,) = inspect_eval(em_freeform(variants="plain", samples_per_question=1, vectors=str(vectors)),
+                             model=get_model(f"hf/{folder}", memoize=False), seed=0, limit=2, max_tokens=4,
+                             log_dir=str(tmp_path / "merged-logs"), display="none")
+    ours = {(s.id, s.epoch): s for s in in_place.samples}
+    assert len(merged.samples) == len(ours) == 2
+    for sample in merged.samples:
+        other = ours[(sample.id, sample.epoch)]
+        assert other.output.completion == sample.output.completion
+        a, b = other.scores["trait_projection"].value, sample.scores["trait_projection"].value
+        assert a.keys() == b.keys()
+        assert np.allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-4, atol=1e-4)
 
 
 def test_series_cli_errors_are_one_line(tmp_path: Path):

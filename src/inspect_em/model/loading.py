@@ -233,6 +233,22 @@ _SHARED: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
 SHARED_LOADS = {"count": 0}
 
 
+@contextmanager
+def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
+    """``model`` (a loaded transformers model) runs with the LoRA adapter in ``adapter`` for the block,
+    then exactly as before: peft injects the adapter's layers into the model's own modules (so a
+    provider holding the model generates with them) and removes them afterwards. The base weights are
+    never changed, so a series of checkpoints is evaluated on one loaded base model instead of a merged
+    copy per checkpoint. Yields the ``PeftModel``."""
+    from peft import PeftModel
+
+    wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    try:
+        yield wrapped
+    finally:
+        wrapped.unload()
+
+
 def shared_model(ref: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any, str]:
     """``(model, tokenizer, model_id)`` loaded once per process and shared (probe models of scorers)."""
     key = (ref, device, dtype)

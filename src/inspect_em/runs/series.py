@@ -6,8 +6,10 @@ trait vector.
 Per run and step: em_freeform with the given vectors (code mode, projections; the judged rate too
 when a grader is bound with ``--grader``) → difference vs the base model and vs the control run's
 checkpoint at the same step, paired by question (:func:`inspect_em.analysis.compare.diff_ci`). Step 0
-of every run is the base model itself (a LoRA adapter starts at ΔW = 0), evaluated once. Checkpoints
-are merged into a temporary model for their eval, which is removed afterwards. Logs are kept under
+of every run is the base model itself (a LoRA adapter starts at ΔW = 0), evaluated once. The base
+model is loaded once; each checkpoint's adapter is applied to it in place for its eval and removed
+afterwards (:func:`inspect_em.model.loading.lora_applied`), so no merged copy is written. Each log
+names its run, step and adapter in the eval's metadata. Logs are kept under
 ``OUT-logs/<settings>/<run>/step-<k>-<adapter>`` (``<settings>``: a hash of the eval settings and the base
 model; ``<adapter>``: of the checkpoint's weights), so a finished log is reused when the same command
 runs again, and never for other settings or a retrained checkpoint.
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,18 +63,6 @@ def check_adapters(label: str, checkpoints: Sequence[Any], base_path: str) -> No
             raise InspectEmError(f"run {label}: its step-0 adapter is not the untrained one (ΔW ≠ 0)")
 
 
-def _merged(base_path: str, adapter: Path, target: Path) -> Path:
-    """``adapter`` merged into the base model at ``target`` (a plain HF folder)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = AutoModelForCausalLM.from_pretrained(base_path)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    merged.save_pretrained(target, safe_serialization=True)
-    AutoTokenizer.from_pretrained(base_path).save_pretrained(target)
-    return target
-
-
 def _finished_log(folder: Path) -> bool:
     """A successful log is already in ``folder`` (the command is resuming)."""
     from inspect_ai.log import list_eval_logs, read_eval_log
@@ -82,17 +71,17 @@ def _finished_log(folder: Path) -> bool:
                                    for info in list_eval_logs(str(folder)))
 
 
-def _eval(model_name: str, model_path: str, task: Any, log_dir: Path, seed: int, limit: int | None,
-          grader: str | None, max_tokens: int) -> None:
+def _eval(model: Any, task: Any, log_dir: Path, seed: int, limit: int | None, grader: str | None,
+          max_tokens: int, metadata: dict[str, Any]) -> None:
     from inspect_ai import eval as inspect_eval
-    from inspect_ai.model import get_model
+    from transformers import set_seed
 
-    if _finished_log(log_dir):
-        return
     roles = {"grader": grader} if grader else None
-    log = inspect_eval(task, model=get_model(f"hf/{model_name}", model_path=model_path, memoize=False),
-                       model_roles=roles, log_dir=str(log_dir), seed=seed, limit=limit, max_tokens=max_tokens,
-                       display="none")[0]
+    # the provider seeds only when a model is built: every eval here (one base model for all of them)
+    # starts from the same random state instead, so the checkpoints' answers share their draws
+    set_seed(seed)
+    log = inspect_eval(task, model=model, model_roles=roles, log_dir=str(log_dir), seed=seed, limit=limit,
+                       max_tokens=max_tokens, metadata=metadata, display="none")[0]
     if log.status != "success":
         why = log.error.message.splitlines()[-1] if log.error else log.status
         raise InspectEmError(f"eval in {log_dir} did not finish: {why}; re-run the same command to resume")
@@ -204,20 +193,22 @@ def run_series(
 ) -> SeriesResult:
     """Evaluate every checkpoint of ``runs`` (label → finetune folder) and write the series (see the
     module docstring). Inputs are checked before any model loads."""
+    from inspect_ai.model import get_model
+
     from inspect_em.analysis.checkpoints import read_series, series_deltas
     from inspect_em.analysis.logs import load_samples
     from inspect_em.directions import store as vector_store
+    from inspect_em.inspect_adapter import hf_api
     from inspect_em.model.loading import (
         check_vectors_fit,
-        hub_offline,
         hub_offline_for_local,
         local_folder,
+        lora_applied,
         model_id_of,
         resolve_model_ref,
     )
     from inspect_em.tasks import em_freeform
     from inspect_em.util.paths import (
-        TMP_MARKER,
         atomic_output,
         check_live_folder,
         check_name,
@@ -256,32 +247,39 @@ def run_series(
         return em_freeform(variants=variants, samples_per_question=samples_per_question,
                            vectors=",".join(str(v) for v in vectors) or None, judge=grader is not None)
 
-    report("evaluating the base model (step 0 of every run)")
-    with hub_offline_for_local(model_ref):
-        _eval(name, base_path, task(), logs_root / BASE, seed, limit, grader, max_tokens)
+    loaded: list[Any] = []
+
+    def base_model() -> Any:
+        """The base model, loaded once, when the first eval needs it (a resumed series may need none)."""
+        if not loaded:
+            report("loading the base model")
+            loaded.append(get_model(f"hf/{name}", model_path=base_path, memoize=False))
+        return loaded[0]
+
     logs, labels = [str(logs_root / BASE)], [BASE]
     steps: dict[str, tuple[str, int]] = {}
-    with hub_offline():  # every checkpoint is a local folder (the base is cached by now)
+    with hub_offline_for_local(model_ref):  # the evals too: Inspect looks a readable name up once per process
+        if not _finished_log(logs_root / BASE):
+            report("evaluating the base model (step 0 of every run)")
+            _eval(base_model(), task(), logs_root / BASE, seed, limit, grader, max_tokens,
+                  {"series_run": BASE, "step": 0})
         for run, checkpoints in series.items():
             for checkpoint in checkpoints:
                 label = f"{run}.step{checkpoint.step}"
                 steps[label] = (run, checkpoint.step)
                 if checkpoint.step == 0:  # ΔW = 0 (checked): the base model's log stands for it
                     continue
-                weights = (checkpoint.path / "adapter_model.safetensors").read_bytes()
-                log_dir = logs_root / run / f"step-{checkpoint.step}-{_digest(weights)}"
+                digest = _digest((checkpoint.path / "adapter_model.safetensors").read_bytes())
+                log_dir = logs_root / run / f"step-{checkpoint.step}-{digest}"
                 if not _finished_log(log_dir):
                     report(f"evaluating {run} at step {checkpoint.step}")
-                    tmp = live / f".merged-{run}-{checkpoint.step}"
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    tmp.mkdir(parents=True)
-                    (tmp / TMP_MARKER).write_text("")
-                    try:
-                        _merged(base_path, checkpoint.path, tmp)
-                        _eval(f"{run}-step{checkpoint.step}", str(tmp), task(), log_dir, seed, limit, grader,
-                              max_tokens)
-                    finally:
-                        shutil.rmtree(tmp, ignore_errors=True)
+                    model = base_model()
+                    api = hf_api(model)
+                    assert api is not None  # get_model("hf/...")
+                    with lora_applied(api.model, checkpoint.path):
+                        _eval(model, task(), log_dir, seed, limit, grader, max_tokens,
+                              {"series_run": run, "step": checkpoint.step, "adapter": str(checkpoint.path),
+                               "adapter_digest": digest})
                 logs.append(str(log_dir))
                 labels.append(label)
     report("reading the logs")
