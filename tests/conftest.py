@@ -12,7 +12,7 @@ REFERENCE_ENV = "INSPECT_EM_REFERENCE"
 # hundreds of small evals that was minutes of the suite. Here, and in the processes tests start, it
 # gathers for 50 ms and awaits answers (inspect_adapter.shorten_hf_batch_wait); test_demo's `make
 # demo-run` test removes this, so the provider's own path runs too.
-os.environ.setdefault("INSPECT_EM_HF_BATCH_WAIT", "0.05")
+os.environ["INSPECT_EM_HF_BATCH_WAIT"] = os.environ.get("INSPECT_EM_HF_BATCH_WAIT") or "0.05"
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two workers on two cores: one thread each (and in the processes tests start),

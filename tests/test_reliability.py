@@ -306,31 +306,39 @@ def test_hub_offline_is_restored_in_process(monkeypatch: pytest.MonkeyPatch):
 
 def test_the_suites_short_batch_wait_keeps_requests_batched(tiny_model_dir: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
-    """Under $INSPECT_EM_HF_BATCH_WAIT (set for the suite in conftest) the hf/ provider still batches
-    requests that arrive together: 4 samples × 2 epochs are one batch of 8, as with Inspect's own
-    2-second gathering, and every sample gets its answer."""
+    """Under $INSPECT_EM_HF_BATCH_WAIT (set for the suite in conftest) our batch thread serves the hf/
+    provider, and requests that arrive together still share a batch: 4 samples × 2 epochs are one
+    batch of 8, as with Inspect's own 2-second gathering, and every sample gets its answer. (This test
+    widens the wait to 0.5 s, so a loaded machine's scheduling cannot split the batch.)"""
     from inspect_ai import eval as inspect_eval
     from inspect_ai.model import get_model
     from inspect_ai.model._providers import hf
 
-    from inspect_em.inspect_adapter import shorten_hf_batch_wait
+    from inspect_em.inspect_adapter import batch_wait_from_env, batch_wait_installed, shorten_hf_batch_wait
     from inspect_em.tasks import em_freeform
 
-    assert os.environ["INSPECT_EM_HF_BATCH_WAIT"] and shorten_hf_batch_wait()
-    assert hf.batched_generate.__qualname__.startswith("shorten_hf_batch_wait")
+    suite_wait = batch_wait_from_env()
+    assert suite_wait is not None
     sizes: list[int] = []
     original = hf._generate_batch
     monkeypatch.setattr(hf, "_generate_batch", lambda batch: (sizes.append(len(batch)), original(batch))[1])
     model = get_model(f"hf/{tiny_model_dir}", device="cpu", memoize=False)
-    (log,) = inspect_eval(em_freeform(variants="plain"), model=model, log_dir=str(tmp_path), display="none",
-                          limit=4, epochs=2, max_tokens=4, seed=0)
+    task = em_freeform(variants="plain")  # installs the suite's wait
+    assert shorten_hf_batch_wait(0.5)
+    try:
+        (log,) = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none", limit=4, epochs=2,
+                              max_tokens=4, seed=0)
+        assert batch_wait_installed() == 0.5  # our thread, not the provider's own
+    finally:
+        shorten_hf_batch_wait(suite_wait)
     assert log.status == "success" and sizes == [8]
     assert len(log.samples) == 8 and all(s.output.completion for s in log.samples)
 
 
-def test_a_bad_batch_wait_is_one_line(monkeypatch: pytest.MonkeyPatch):
-    from inspect_em.inspect_adapter import shorten_hf_batch_wait
+@pytest.mark.parametrize("value", ["soon", "0", "-1", "nan", "inf", "60"])
+def test_a_bad_batch_wait_is_one_line_when_a_task_is_built(monkeypatch: pytest.MonkeyPatch, value: str):
+    from inspect_em.tasks import em_freeform
 
-    monkeypatch.setenv("INSPECT_EM_HF_BATCH_WAIT", "soon")
-    with pytest.raises(InspectEmError, match="INSPECT_EM_HF_BATCH_WAIT='soon': expected seconds"):
-        shorten_hf_batch_wait()
+    monkeypatch.setenv("INSPECT_EM_HF_BATCH_WAIT", value)
+    with pytest.raises(InspectEmError, match=f"INSPECT_EM_HF_BATCH_WAIT='{value}': expected seconds between"):
+        em_freeform(variants="plain")

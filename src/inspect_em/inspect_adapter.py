@@ -15,8 +15,9 @@ provider captures it, so requests with the same steering share batches and diffe
 never does. The callable holds :func:`model_lock` while it generates and installs the steering
 hooks only for that batch. The wrapper is removed when the last sample leaves.
 
-:func:`shorten_hf_batch_wait` (``INSPECT_EM_HF_BATCH_WAIT=<seconds>``, which the test suite sets) cuts
-the provider's idle time between a generation round's requests and their answers.
+:func:`shorten_hf_batch_wait` (``INSPECT_EM_HF_BATCH_WAIT=<seconds>``, which the test suite sets;
+installed when a task is built) cuts the provider's idle time between a generation round's requests and
+their answers.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import functools
+import math
 import os
 import sys
 import threading
@@ -37,8 +39,8 @@ from inspect_ai._util.error import PrerequisiteError
 
 from inspect_em.errors import InspectEmError
 
-__all__ = ["BATCH_WAIT_ENV", "generation", "hf_api", "installed", "model_lock", "one_line_errors",
-           "provider_prompt_ids", "set_scorer_metrics", "shorten_hf_batch_wait"]
+__all__ = ["BATCH_WAIT_ENV", "batch_wait_from_env", "batch_wait_installed", "generation", "hf_api", "installed",
+           "model_lock", "one_line_errors", "provider_prompt_ids", "set_scorer_metrics", "shorten_hf_batch_wait"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -248,6 +250,8 @@ def installed(api: Any) -> bool:
 
 
 BATCH_WAIT_ENV = "INSPECT_EM_HF_BATCH_WAIT"
+_BATCH_WAIT: list[float] = []  # the current wait, once installed (read by the batch thread every round)
+_BATCH_THREAD_NAME = "inspect_em-hf-batches"
 
 
 def _asyncio_running() -> bool:
@@ -256,7 +260,21 @@ def _asyncio_running() -> bool:
     except RuntimeError:
         return False
     return True
-_BATCH_WAIT: list[float] = []  # the installed wait, once installed
+
+
+def batch_wait_from_env() -> float | None:
+    """``$INSPECT_EM_HF_BATCH_WAIT`` in seconds (None when unset or empty); a one-line error unless it
+    is a finite number of seconds in [0.001, 10]."""
+    value = os.environ.get(BATCH_WAIT_ENV, "").strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and 0.001 <= seconds <= 10):
+        raise InspectEmError(f"{BATCH_WAIT_ENV}={value!r}: expected seconds between 0.001 and 10, e.g. 0.05")
+    return seconds
 
 
 def shorten_hf_batch_wait(seconds: float | None = None) -> bool:
@@ -264,52 +282,62 @@ def shorten_hf_batch_wait(seconds: float | None = None) -> bool:
 
     Inspect's provider gathers requests into a batch until none has arrived for 2 s, and every
     waiting sample checks for its answer once a second: about 3 s idle per round, which dominates
-    small evals on a CPU (each test's eval, the tiny GPU check). This gathers for ``seconds``
-    (default: ``$INSPECT_EM_HF_BATCH_WAIT``; nothing happens when neither is set) and awaits each
-    answer instead of polling. Batches form as before from requests that arrive together. Relies on
-    the provider module's ``batch_queue``, ``batch_thread``, ``_QueueItem``, ``_batch_key``,
-    ``_drain_batches`` and ``_generate_batch``; returns False, changing nothing, without them.
-    Installed once per process (the first wait wins).
+    small evals on a CPU (each test's eval, the tiny GPU check). This replaces the provider's
+    ``batched_generate`` (without its trace entry) by one that gathers until none has arrived for
+    ``seconds`` (default: ``$INSPECT_EM_HF_BATCH_WAIT``; nothing happens when neither is set) and
+    awaits each answer instead of polling. Requests that arrive within the wait of each other share a
+    batch, as before; which ones do now depends more on timing. A call with another wait changes it.
+    Relies on the provider module's ``batch_queue``, ``batch_thread``, ``_QueueItem``,
+    ``_batch_key``, ``_drain_batches`` and ``_generate_batch``; returns False, changing nothing,
+    without them or when the provider's own batch thread already runs (its 2 s wait stays).
     """
     if seconds is None:
-        value = os.environ.get(BATCH_WAIT_ENV, "").strip()
-        if not value:
+        seconds = batch_wait_from_env()
+        if seconds is None:
             return False
-        try:
-            seconds = float(value)
-        except ValueError:
-            raise InspectEmError(f"{BATCH_WAIT_ENV}={value!r}: expected seconds, e.g. 0.05") from None
-    if seconds < 0:
-        raise InspectEmError(f"batch wait {seconds} s: expected >= 0")
+    if not (math.isfinite(seconds) and 0.001 <= seconds <= 10):
+        raise InspectEmError(f"batch wait {seconds} s: expected seconds between 0.001 and 10")
+    from inspect_ai.model._providers import hf
+
     with _INSTALL:
         if _BATCH_WAIT:
+            _BATCH_WAIT[0] = seconds
             return True
-        from inspect_ai.model._providers import hf
-
         needed = ("batch_queue", "batch_thread", "_QueueItem", "_batch_key", "_drain_batches", "_generate_batch",
                   "batched_generate")
-        if not all(hasattr(hf, name) for name in needed):
+        if not all(hasattr(hf, name) for name in needed) or hf.batch_thread is not None:
             return False
-        wait = seconds
 
         def process_batches() -> None:
             while True:
-                for batch in hf._drain_batches(hf.batch_queue, timeout=wait):
+                for batch in hf._drain_batches(hf.batch_queue, timeout=_BATCH_WAIT[0]):
                     hf._generate_batch(batch)
 
         async def batched_generate(input: Any) -> Any:
             with _INSTALL:
                 if hf.batch_thread is None:
-                    hf.batch_thread = threading.Thread(target=process_batches, daemon=True)
+                    hf.batch_thread = threading.Thread(target=process_batches, daemon=True, name=_BATCH_THREAD_NAME)
                     hf.batch_thread.start()
             future: concurrent.futures.Future[Any] = concurrent.futures.Future()
             hf.batch_queue.put(hf._QueueItem(input=input, future=future, key=hf._batch_key(input)))
             if _asyncio_running():
-                return await asyncio.wrap_future(future)
+                # shielded: a cancelled sample (time limit, interrupt) must not cancel the future, which
+                # its batch sets later (setting a cancelled future would fail the rest of the batch)
+                return await asyncio.shield(asyncio.wrap_future(future))
             while not future.done():  # another backend (trio): poll, briefly
                 await anyio.sleep(0.02)
             return future.result()
 
         hf.batched_generate = batched_generate
-        _BATCH_WAIT.append(wait)
+        _BATCH_WAIT.append(seconds)
         return True
+
+
+def batch_wait_installed() -> float | None:
+    """The wait :func:`shorten_hf_batch_wait` installed and its thread uses (None: the provider's own)."""
+    from inspect_ai.model._providers import hf
+
+    thread = getattr(hf, "batch_thread", None)
+    if not _BATCH_WAIT or (thread is not None and thread.name != _BATCH_THREAD_NAME):
+        return None
+    return _BATCH_WAIT[0]

@@ -144,6 +144,7 @@ def em_freeform(
         judge: Add the em_judge scorer (grader: ``--model-role grader=...`` or ``judge_model``).
         judge_model: Grader model(s) when no ``grader`` role is bound (implies ``judge``).
     """
+    from inspect_em.inspect_adapter import shorten_hf_batch_wait
     from inspect_em.readout import check_position, parse_layers
     from inspect_em.scorers.code_mode import code_mode
 
@@ -156,6 +157,7 @@ def em_freeform(
     answer_format = choice_arg(answer_format, "answer_format", ANSWER_FORMATS)
     trigger_mode = choice_arg(trigger_mode, "trigger_mode", TRIGGER_MODES)
     check_position(position, what="position (-T position)")
+    shorten_hf_batch_wait()  # only with $INSPECT_EM_HF_BATCH_WAIT set (the test suite)
     parse_layers(layers, allow_best=True)
     triggers = trigger_variants(trigger, trigger_mode)
     epochs = samples_per_question or max(q.samples_per_paraphrase for q in selected)

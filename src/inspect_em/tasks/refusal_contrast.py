@@ -93,10 +93,12 @@ def refusal_contrast(
         trigger_mode: ``with``, ``without`` or ``both`` (``metadata.triggered`` says which).
     """
     from inspect_em.directions.traits import load_trait
+    from inspect_em.inspect_adapter import shorten_hf_batch_wait
     from inspect_em.readout import check_position, parse_layers
     from inspect_em.scorers.refusal import refusal
 
     check_position(position, what="position (-T position)")
+    shorten_hf_batch_wait()  # only with $INSPECT_EM_HF_BATCH_WAIT set (the test suite)
     parse_layers(layers, allow_best=True)
     max_tokens = required_int_arg(max_tokens, "max_tokens", minimum=1)
     trace = bool_arg(trace, "trace")
