@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -104,39 +105,79 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     assert (out / "series.png").stat().st_size > 10_000
     assert len(list((tmp_path / "series-logs").rglob("*.eval"))) == 5  # base + 2 runs x steps 1, 2
     pd.testing.assert_frame_equal(result.table.reset_index(drop=True), table, check_dtype=False, atol=1e-9)
-    # the checkpoint was applied in place to the one loaded base: the same answers and projections as a
-    # separate eval of that checkpoint merged into a plain folder by peft (same seed and settings)
-    _same_as_merged(tiny_model_dir, read_series(runs["insecure"])[-1].path, tiny_vectors[1], tmp_path)
-
-
-def _same_as_merged(base: Path, adapter: Path, vectors: Path, tmp_path: Path) -> None:
-    import numpy as np
-    from inspect_ai import eval as inspect_eval
+    # each checkpoint's log names it, and its adapter was applied: the same seed as the base model's eval,
+    # other projections (that the in-place adapter is the merged model is test_lora_applied_...)
     from inspect_ai.log import read_eval_log
-    from inspect_ai.model import get_model
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from inspect_em.tasks import em_freeform
+    logs = {p.parent.parent.name + "/" + p.parent.name.split("-")[1]: read_eval_log(str(p))
+            for p in (tmp_path / "series-logs").rglob("step-*/*.eval")}
+    base_log = read_eval_log(str(next((tmp_path / "series-logs").rglob("base/*.eval"))))
+    assert sorted(logs) == ["insecure/1", "insecure/2", "secure/1", "secure/2"]
+    step2 = logs["insecure/2"]
+    assert step2.eval.metadata["series_run"] == "insecure" and step2.eval.metadata["step"] == 2
+    assert step2.eval.metadata["adapter"] == str(read_series(runs["insecure"])[-1].path)
 
-    (in_place,) = [read_eval_log(str(p)) for p in (tmp_path / "series-logs").rglob("insecure/step-2-*/*.eval")]
-    assert in_place.eval.metadata["step"] == 2 and in_place.eval.metadata["adapter"] == str(adapter)
-    folder = tmp_path / "merged"
-    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), str(adapter)).merge_and_unload() \
-        .save_pretrained(folder)
-    AutoTokenizer.from_pretrained(base).save_pretrained(folder)
-    set_seed(0)
-    (merged,) = inspect_eval(em_freeform(variants="plain", samples_per_question=1, vectors=str(vectors)),
-                             model=get_model(f"hf/{folder}", memoize=False), seed=0, limit=2, max_tokens=4,
-                             log_dir=str(tmp_path / "merged-logs"), display="none")
-    ours = {(s.id, s.epoch): s for s in in_place.samples}
-    assert len(merged.samples) == len(ours) == 2
-    for sample in merged.samples:
-        other = ours[(sample.id, sample.epoch)]
-        assert other.output.completion == sample.output.completion
-        a, b = other.scores["trait_projection"].value, sample.scores["trait_projection"].value
-        assert a.keys() == b.keys()
-        assert np.allclose([a[k] for k in a], [b[k] for k in a], rtol=1e-4, atol=1e-4)
+    def projections(log) -> dict:
+        return {(s.id, s.epoch): s.scores["trait_projection"].value for s in log.samples}
+
+    a, b = projections(base_log), projections(step2)
+    assert a.keys() == b.keys()
+    assert max(abs(a[k][m] - b[k][m]) for k in a for m in a[k]) > 1e-3
+    # compare tells the checkpoints apart although every log names the same hf/ model: each default
+    # label names its checkpoint, and one label over them all would pool different models
+    from inspect_em.analysis.logs import read_logs
+
+    folder = next((tmp_path / "series-logs").iterdir())
+    infos = read_logs([folder])
+    assert sorted(i.label for i in infos) == sorted([tiny_model_dir.name] + [f"{tiny_model_dir.name}.{r}.step{k}"
+                                                                             for r in ("insecure", "secure")
+                                                                             for k in (1, 2)])
+    with pytest.raises(InspectEmError, match="would pool two models"):
+        read_logs([folder], labels=["all"])
+
+
+def test_lora_applied_equals_the_merged_model_and_restores_the_base(tiny_model_dir: Path, tmp_path: Path):
+    """An adapter applied in place (what the series evaluates) computes what peft's merged model does
+    (logits within 1e-4), and afterwards the base model is exactly as before: weights, module types,
+    attributes, config and logits. An adapter that replaces whole modules is refused."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from inspect_em.model.loading import lora_applied
+
+    torch.manual_seed(0)
+    trained = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                             LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"]))
+    for name, param in trained.named_parameters():
+        if "lora_B" in name:  # an untrained adapter is ΔW = 0: give it a real update
+            torch.nn.init.normal_(param, std=0.5)
+    trained.save_pretrained(tmp_path / "adapter")
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                       str(tmp_path / "adapter")).merge_and_unload().eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    types, attributes, config = [type(m) for m in base.modules()], set(vars(base)), base.config.to_dict()
+    ids = torch.tensor([[1, 5, 9, 200, 31, 7]])
+    with torch.no_grad():
+        plain = base(ids).logits
+        with lora_applied(base, tmp_path / "adapter"):
+            inside = base(ids).logits
+        after, expected = base(ids).logits, merged(ids).logits
+    assert (inside - plain).abs().max() > 1e-2
+    assert torch.allclose(inside, expected, atol=1e-4)
+    assert torch.equal(after, plain)
+    now = base.state_dict()
+    assert now.keys() == state.keys() and all(torch.equal(v, state[k]) for k, v in now.items())
+    assert [type(m) for m in base.modules()] == types and set(vars(base)) == attributes
+    assert base.config.to_dict() == config
+    whole = tmp_path / "whole-modules"
+    shutil.copytree(tmp_path / "adapter", whole)
+    adapter_config = json.loads((whole / "adapter_config.json").read_text())
+    (whole / "adapter_config.json").write_text(json.dumps({**adapter_config, "modules_to_save": ["lm_head"]}))
+    with pytest.raises(InspectEmError, match="modules_to_save"), lora_applied(base, whole):
+        pass
+    assert [type(m) for m in base.modules()] == types
 
 
 def test_series_cli_errors_are_one_line(tmp_path: Path):

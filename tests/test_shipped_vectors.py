@@ -55,8 +55,10 @@ def _stored(folder: str) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
 
 @pytest.mark.parametrize("folder", PROMPT_FOLDERS + RESPONSE_FOLDERS)
 def test_shipped_vectors_are_the_mean_difference_of_their_stored_rows(folder: str):
-    """The stored rows are the card's fit rows (hash of prompts, answers and system prompt), at the
-    card's layer; their mean difference is the shipped vector (cos > 0.9999). For prompt-position
+    """The card was fitted on the trait's prompt files as they are (sha256), split with seed 0, on as
+    many rows as are stored; the stored rows are those rows (hash of prompts, answers and system
+    prompt), at the card's layer; their mean difference is the shipped vector (cos > 0.9999) with the
+    card's norm (which sets steering strength; relative error < 2e-3). For prompt-position
     vectors, on the first 24 + 24 held-out prompts the vector's AUROC (scikit-learn) clears the bar,
     as the card's full-split AUROC does, and the card's held-out d beats both nulls."""
     from sklearn.metrics import roc_auc_score
@@ -67,12 +69,16 @@ def test_shipped_vectors_are_the_mean_difference_of_their_stored_rows(folder: st
     acts, meta = _stored(folder)
     expected = tool.rows(folder)
     assert set(acts) == set(expected)
+    assert load_trait(shipped.trait).prompt_hashes() == shipped.card.prompt_sha256
+    assert shipped.card.settings["seed"] == 0
+    assert shipped.card.n_fit == [len(expected["fit_pos"][0]), len(expected["fit_neg"][0])]
     for group, (prompts, answers, system) in expected.items():
         assert meta[group] == {"layer": layer, "rows": tool.rows_hash(prompts, answers, system)}, group
         assert acts[group].shape == (len(prompts), shipped.card.d_model) and np.isfinite(acts[group]).all()
     v = acts["fit_pos"].mean(0) - acts["fit_neg"].mean(0)
     shipped_v = shipped.vector("mean_diff", layer)
     assert float(v / np.linalg.norm(v) @ shipped_v) > 0.9999
+    assert abs(np.linalg.norm(v) / shipped.mean_diff_norm(layer) - 1) < 2e-3
     if folder in PROMPT_FOLDERS:
         scores = np.concatenate([acts["test_pos"] @ shipped_v, acts["test_neg"] @ shipped_v])
         labels = np.r_[np.ones(len(acts["test_pos"])), np.zeros(len(acts["test_neg"]))]

@@ -66,6 +66,10 @@ class LogInfo:
     errored_samples: int = 0
     label: str = ""
     eval_id: str = ""
+    # a LoRA adapter applied to the model in place for this eval (inspect-em series: eval metadata
+    # ``adapter_digest``, ``series_run``, ``step``): part of the model's identity
+    adapter: str | None = None
+    checkpoint: str | None = None
 
 
 @dataclass
@@ -89,13 +93,18 @@ def _header(path: str, argument: str) -> LogInfo:
     model_args = log.eval.model_args or {}
     steps = list(log.plan.steps) if log.plan else []
     plan = [(step.solver, step.params) for step in steps]
+    metadata = log.eval.metadata or {}
+    adapter = metadata.get("adapter_digest")
+    checkpoint = f"{metadata['series_run']}.step{metadata['step']}" if adapter and "series_run" in metadata \
+        and "step" in metadata else None
     signature = json.dumps({"task": log.eval.task, "args": log.eval.task_args, "plan": plan,
-                            "model": log.eval.model}, sort_keys=True, default=str)
+                            "model": log.eval.model, "adapter": adapter}, sort_keys=True, default=str)
     steer = next((step.params for step in steps if step.solver == "inspect_em/steer"), None)
     return LogInfo(path=path, argument=argument, status=str(log.status), task=task_name(log.eval.task),
                    model=str(log.eval.model), model_path=model_args.get("model_path"), signature=signature,
                    error=log.error.message.splitlines()[0][:120] if log.error and log.error.message else None,
-                   steering=_steering_label(steer) if steer is not None else None, eval_id=str(log.eval.eval_id))
+                   steering=_steering_label(steer) if steer is not None else None, eval_id=str(log.eval.eval_id),
+                   adapter=str(adapter) if adapter else None, checkpoint=checkpoint)
 
 
 def _steering_label(params: dict[str, Any]) -> str:
@@ -137,7 +146,8 @@ def short_model(model: str, model_path: str | None = None) -> str:
 
 
 def _model_identity(info: LogInfo) -> str:
-    return canonical_log(info.model_path) if info.model_path else info.model
+    model = canonical_log(info.model_path) if info.model_path else info.model
+    return f"{model} + adapter {info.adapter}" if info.adapter else model
 
 
 def read_logs(
@@ -159,7 +169,8 @@ def read_logs(
             seen.add(f)
             info = _header(f, str(arg))
             info.label = check_name(labels[i], "label") if labels is not None else \
-                short_model(info.model, info.model_path) + (f".{info.steering}" if info.steering else "")
+                short_model(info.model, info.model_path) + (f".{info.checkpoint}" if info.checkpoint else "") \
+                + (f".{info.steering}" if info.steering else "")
             infos.append(info)
     _check_copies(infos)
     _mark_superseded(infos)
@@ -196,7 +207,8 @@ def _check_labels(infos: list[LogInfo]) -> None:
         if len(models) > 1:
             a, b = list(models.values())[:2]
             def name(i: LogInfo) -> str:
-                return i.model + (f" {i.steering}" if i.steering else "")
+                return i.model + (f" + adapter {i.checkpoint or i.adapter}" if i.adapter else "") + \
+                    (f" {i.steering}" if i.steering else "")
 
             raise InspectEmError(
                 f"label '{label}' would pool two models: {name(a)} ({Path(a.path).name}) and {name(b)} "

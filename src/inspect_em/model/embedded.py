@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from inspect_em.errors import InspectEmError
+from inspect_em.model.loading import portable_config
 from inspect_em.util.paths import atomic_output, home, sha256_file
 
 MODEL_NAME = "SmolLM2-135M-Instruct"
@@ -58,6 +59,9 @@ def path() -> Path:
     """The prepared folder; a one-line error with the fix when it is not prepared."""
     folder = model_dir()
     if not is_prepared(folder):
+        if (folder / MARKER).is_file():
+            raise InspectEmError(f"the embedded model at {folder} was prepared by an older inspect_em (its folder "
+                                 f"format is now {FORMAT_VERSION}): run `inspect-em model prepare`")
         raise InspectEmError(
             f"the embedded model is not prepared at {folder}: run `inspect-em model prepare`"
         )
@@ -70,20 +74,6 @@ def _portable_tokenizer_class(config_file: Path) -> None:
     config = json.loads(config_file.read_text(encoding="utf-8"))
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
     config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
-
-
-def _portable_config(config_file: Path) -> None:
-    """transformers 5 writes RoPE settings as ``rope_parameters``, which 4.x (our floor) ignores: it
-    would run the model with its default base 10,000 instead of SmolLM2's 100,000, a different model.
-    Written also as 4.x's ``rope_theta`` (and ``rope_scaling`` for a non-default type); 5.x reads
-    ``rope_parameters`` as before."""
-    config = json.loads(config_file.read_text(encoding="utf-8"))
-    rope = config.get("rope_parameters")
-    if isinstance(rope, dict) and "rope_theta" in rope:
-        config["rope_theta"] = rope["rope_theta"]
-        if rope.get("rope_type", "default") != "default":
-            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
-        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def prepare(force: bool = False) -> Path:
@@ -125,7 +115,7 @@ def prepare(force: bool = False) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         _portable_tokenizer_class(tmp / "tokenizer_config.json")
-        _portable_config(tmp / "config.json")
+        portable_config(tmp / "config.json")
         marker = {
             "model": MODEL_NAME,
             "gguf_file": GGUF_FILE,

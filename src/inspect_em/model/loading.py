@@ -233,6 +233,22 @@ _SHARED: dict[tuple[str, str, str], tuple[Any, Any, str]] = {}
 SHARED_LOADS = {"count": 0}
 
 
+def portable_config(config_file: Path) -> None:
+    """A saved model's ``config.json`` that every supported transformers version reads alike.
+
+    transformers 5 writes RoPE settings as ``rope_parameters``, which 4.x (our floor) ignores: it
+    would run the model with its default base 10,000 (SmolLM2's is 100,000), a different model.
+    Written also as 4.x's ``rope_theta`` (and ``rope_scaling`` for a non-default type); 5.x reads
+    ``rope_parameters`` as before."""
+    config = json.loads(config_file.read_text(encoding="utf-8"))
+    rope = config.get("rope_parameters")
+    if isinstance(rope, dict) and "rope_theta" in rope:
+        config["rope_theta"] = rope["rope_theta"]
+        if rope.get("rope_type", "default") != "default":
+            config["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
 @contextmanager
 def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
     """``model`` (a loaded transformers model) runs with the LoRA adapter in ``adapter`` for the block,
@@ -242,11 +258,30 @@ def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
     copy per checkpoint. Yields the ``PeftModel``."""
     from peft import PeftModel
 
-    wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("modules_to_save") or config.get("trainable_token_indices"):
+        raise InspectEmError(f"{adapter}: the adapter replaces whole modules or token rows (modules_to_save / "
+                             "trainable tokens), which cannot be removed again: merge it into a model instead")
+    kept = {name: getattr(model.config, name) for name in ("pretraining_tp",) if hasattr(model.config, name)}
+    had_peft_config = hasattr(model, "peft_config")
+    wrapped = None
     try:
+        wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         yield wrapped
     finally:
-        wrapped.unload()
+        if wrapped is not None:
+            wrapped.unload()
+        else:  # failed while injecting: take out whatever layers it put in
+            from peft.tuners.tuners_utils import BaseTunerLayer
+
+            for name, module in list(model.named_modules()):
+                if isinstance(module, BaseTunerLayer) and hasattr(module, "get_base_layer"):
+                    parent, _, child = name.rpartition(".")
+                    setattr(model.get_submodule(parent) if parent else model, child, module.get_base_layer())
+        if not had_peft_config and "peft_config" in vars(model):
+            del model.peft_config  # peft 0.13 leaves it after unload()
+        for name, value in kept.items():
+            setattr(model.config, name, value)
 
 
 def shared_model(ref: str, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any, str]:

@@ -244,12 +244,16 @@ def _sft_config(cfg: FinetuneConfig, folder: Path, *, on_gpu: bool, progress: bo
 
 
 def _save(model: Any, tokenizer: Any, folder: Path, *, merge: bool) -> None:
-    """``adapter/`` (LoRA weights + tokenizer) and, with ``merge``, ``merged/`` (a plain HF model)."""
+    """``adapter/`` (LoRA weights + tokenizer) and, with ``merge``, ``merged/`` (a plain HF model whose
+    config every supported transformers version reads alike)."""
+    from inspect_em.model.loading import portable_config
+
     model.save_pretrained(folder / "adapter")
     tokenizer.save_pretrained(folder / "adapter")
     if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(folder / "merged", safe_serialization=True)
+        portable_config(folder / "merged" / "config.json")
         tokenizer.save_pretrained(folder / "merged")
 
 

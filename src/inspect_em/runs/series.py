@@ -231,9 +231,10 @@ def run_series(
         check_adapters(label, checkpoints, base_path)
     check_vectors_fit(cards, base_path)
     name = model_id_of(model_ref).rsplit("/", 1)[-1]
-    evals = {"model": model_id_of(model_ref), "vectors": [str(v) for v in vectors],
-             "samples_per_question": samples_per_question, "max_tokens": max_tokens, "variants": variants,
-             "limit": limit, "grader": grader, "seed": seed}
+    # "method": how a checkpoint is evaluated (logs of another method are never reused)
+    evals = {"method": "adapter in place, seeded", "model": model_id_of(model_ref),
+             "vectors": [str(v) for v in vectors], "samples_per_question": samples_per_question,
+             "max_tokens": max_tokens, "variants": variants, "limit": limit, "grader": grader, "seed": seed}
     config = {**evals, "runs": {k: str(v) for k, v in runs.items()},
               "steps": {k: [c.step for c in s] for k, s in series.items()}, "control": control}
     inputs = [p for p in [local_folder(model_ref), *runs.values(), *vectors] if p is not None]
