@@ -203,3 +203,22 @@ def test_cluster_keys_come_from_the_datasets_own_ids():
     assert triggered == cluster_keys("refusal_contrast", "harmful-003", {})
     assert triggered.question == "refusal_contrast:harmful-003"
     assert cluster_keys("other_suite/task", 17, {}).question == "other_suite/task:17"
+
+
+def test_rate_intervals_stay_within_what_a_rate_can_be():
+    """The positive control's shape (14 of 16 answers in code mode over 8 questions, vs 0 of 16): the
+    expanded percentile bootstrap stretched the difference's interval past 1 (0.875 [0.71, 1.04] in the
+    regenerated demo); a rate's interval stays in [0, 1] and a difference of rates in [−1, 1]."""
+    from inspect_em.analysis.compare import _mean_ci, diff_ci
+
+    keys = [f"q{i}" for i in range(8) for _ in range(2)]
+    steered = Clustered.of(np.array([1.0] * 14 + [0.0] * 2), keys)
+    base = Clustered.of(np.zeros(16), keys)
+    result = diff_ci(steered, base)
+    assert result.paired and result.estimate == 0.875
+    assert -1.0 <= result.low < 0.875 < result.high <= 1.0
+    low, high, _ = _mean_ci(steered)
+    assert 0.0 <= low < 0.875 < high <= 1.0
+    # a continuous metric is not clipped (its range is not known)
+    values = Clustered.of(np.linspace(0.5, 1.0, 16) ** 8, keys)
+    assert diff_ci(values, base).high > 0

@@ -95,12 +95,28 @@ def _clustered(gdf: pd.DataFrame, metric: str, key: str = "cluster") -> Clustere
     return Clustered.of(gdf[metric].to_numpy(dtype=float), gdf[key].tolist())
 
 
+def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
+    """An interval kept inside the values the quantity can take (a rate in [0, 1], a difference of
+    rates in [−1, 1]): the expanded percentile bootstrap stretches its halves and can cross them."""
+    return (min(max(low, lo), hi) if not math.isnan(low) else low,
+            max(min(high, hi), lo) if not math.isnan(high) else high)
+
+
+def _rate_diff(result: DiffCI, *sides: Clustered) -> DiffCI:
+    """``result`` clipped to [−1, 1] when every side's answers are 0/1 (a difference of rates)."""
+    if all(is_binary(side.values()) for side in sides if side.n):
+        return replace(result, **dict(zip(("low", "high"), _clip(result.low, result.high, -1.0, 1.0), strict=True)))
+    return result
+
+
 def _mean_ci(data: Clustered) -> tuple[float, float, str]:
     values = data.values()
     if is_binary(values) and np.ptp(values) == 0:
         low, high = binomial_ci(int(values.sum()), len(values))
         return low, high, "exact binomial"
     low, high = bootstrap_mean(data)
+    if is_binary(values):
+        low, high = _clip(low, high, 0.0, 1.0)
     return low, high, "cluster bootstrap" if len(data.keys) > 1 else "bootstrap of answers (one cluster)"
 
 
@@ -112,8 +128,10 @@ def diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
     shared = sorted(set(other.keys) & set(ref.keys))
     a, b = (other.restrict(shared), ref.restrict(shared)) if shared else (other, ref)
     va, vb = a.values(), b.values()
-    if not (is_binary(va) and is_binary(vb)) or result.low < result.high:
+    if not (is_binary(va) and is_binary(vb)):
         return result
+    if result.low < result.high:
+        return _rate_diff(result, a, b)
     if result.n_paired >= 2:
         low, high = newcombe_paired_ci(*paired_table(a, b))
         method = "Newcombe score interval (paired)"
@@ -301,7 +319,8 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
                 continue
             shifts = [r.mean() - base_data.mean() for r in reps[cond].values() if r.n]
             # every seed paired by question with the same base run
-            result = replicate_diff(list(reps[cond].values()), [base_data])
+            result = _rate_diff(replicate_diff(list(reps[cond].values()), [base_data]), *reps[cond].values(),
+                                base_data)
             rows.append(row(task, group, metric, cond, c.base, len(reps[cond]), result, None,
                             float(np.std(shifts, ddof=1)) if len(shifts) > 1 else math.nan))
         control_conditions = [ctl for ctl in dict.fromkeys(replicate_condition(x) for x in c.controls)
@@ -312,7 +331,8 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
             # seed i of both conditions used the same finetuning seed number (and the demo's data seed):
             # paired by seed then; otherwise the seeds are resampled independently
             matched = list(reps[cond]) == list(reps[ref])
-            result = replicate_diff(list(reps[cond].values()), list(reps[ref].values()), pair_seeds=matched)
+            result = _rate_diff(replicate_diff(list(reps[cond].values()), list(reps[ref].values()), pair_seeds=matched),
+                                *reps[cond].values(), *reps[ref].values())
             rows.append(row(task, group, metric, cond, ref, len(reps[cond]), result, matched))
     return pd.DataFrame(rows) if rows else None
 
