@@ -105,7 +105,8 @@ def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
 def _rate_diff(result: DiffCI, *sides: Clustered) -> DiffCI:
     """``result`` clipped to [−1, 1] when every side's answers are 0/1 (a difference of rates)."""
     if all(is_binary(side.values()) for side in sides if side.n):
-        return replace(result, **dict(zip(("low", "high"), _clip(result.low, result.high, -1.0, 1.0), strict=True)))
+        low, high = _clip(result.low, result.high, -1.0, 1.0)
+        return replace(result, low=low, high=high)
     return result
 
 
