@@ -92,7 +92,8 @@ em-demo: model
 # EM over training time on the embedded model (about 15 minutes on 2 CPU cores): insecure and secure data,
 # one LoRA finetune each keeping the adapter every SERIES_EVERY steps, every checkpoint evaluated
 # (em_freeform: code mode, code and refusal projections) -> results/checkpoint-series/series.png.
-# A finished finetune in runs/series/ is reused (delete it after changing SERIES_*).
+# A finished finetune in runs/series/ is reused (delete it after changing SERIES_*); --force replaces the earlier
+# series in results/ (only an output of `inspect-em series`) when the settings or the series method changed.
 SERIES_N     ?= 64
 SERIES_STEPS ?= 32
 SERIES_EVERY ?= 4
@@ -106,7 +107,7 @@ checkpoint-series: model
 	done
 	$(BIN)/inspect-em series --run insecure=runs/series/insecure --run secure=runs/series/secure --control secure \
 		--vectors vectors/$(MODEL_NAME)/code,vectors/$(MODEL_NAME)/refusal.response_mean \
-		--samples 2 --max-tokens 48 --out results/checkpoint-series
+		--samples 2 --max-tokens 48 --out results/checkpoint-series --force
 
 # The GPU path at a real model's size, random weights, no downloads (benchmarks/gpu_check.py): capture vs
 # forward, extraction, eval overhead, bf16/float32 agreement, steering, LoRA steps, peak memory. The JSON goes
