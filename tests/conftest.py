@@ -24,6 +24,15 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     _torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def short_hf_batch_wait() -> None:
+    """Installed before any test's eval, so no plain Task's eval starts the provider's own batch thread
+    first (after which the wait could no longer be shortened in this worker)."""
+    from inspect_em.inspect_adapter import shorten_hf_batch_wait
+
+    assert shorten_hf_batch_wait()
+
+
 @pytest.fixture(scope="session")
 def embedded_model_path() -> Path:
     """The prepared SmolLM2-135M-Instruct folder (prepared on first use; no network)."""

@@ -127,7 +127,7 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     # label names its checkpoint, and one label over them all would pool different models
     from inspect_em.analysis.logs import read_logs
 
-    folder = next((tmp_path / "series-logs").iterdir())
+    (folder,) = [p for p in (tmp_path / "series-logs").iterdir() if p.is_dir()]  # the settings folder
     infos = read_logs([folder])
     assert sorted(i.label for i in infos) == sorted([tiny_model_dir.name] + [f"{tiny_model_dir.name}.{r}.step{k}"
                                                                              for r in ("insecure", "secure")
@@ -177,7 +177,16 @@ def test_lora_applied_equals_the_merged_model_and_restores_the_base(tiny_model_d
     (whole / "adapter_config.json").write_text(json.dumps({**adapter_config, "modules_to_save": ["lm_head"]}))
     with pytest.raises(InspectEmError, match="modules_to_save"), lora_applied(base, whole):
         pass
-    assert [type(m) for m in base.modules()] == types
+    # a load that fails after peft injected its layers (weights of another rank): they are taken out again
+    wrong = tmp_path / "wrong-rank"
+    shutil.copytree(tmp_path / "adapter", wrong)
+    (wrong / "adapter_config.json").write_text(json.dumps({**adapter_config, "r": 8}))
+    with pytest.raises(RuntimeError, match="size mismatch"), lora_applied(base, wrong):
+        pass
+    assert [type(m) for m in base.modules()] == types and set(vars(base)) == attributes
+    assert base.config.to_dict() == config and not hasattr(base, "peft_config")
+    with torch.no_grad():
+        assert torch.equal(base(ids).logits, plain)
 
 
 def test_series_cli_errors_are_one_line(tmp_path: Path):

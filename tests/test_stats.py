@@ -208,17 +208,28 @@ def test_cluster_keys_come_from_the_datasets_own_ids():
 def test_rate_intervals_stay_within_what_a_rate_can_be():
     """The positive control's shape (14 of 16 answers in code mode over 8 questions, vs 0 of 16): the
     expanded percentile bootstrap stretched the difference's interval past 1 (0.875 [0.71, 1.04] in the
-    regenerated demo); a rate's interval stays in [0, 1] and a difference of rates in [−1, 1]."""
-    from inspect_em.analysis.compare import _mean_ci, diff_ci
+    regenerated demo); a rate's or share's interval stays in [0, 1], a difference in [−1, 1]; an
+    all-alike rate over seeds (0/48 vs 0/16) gets Newcombe's interval instead of a point."""
+    from inspect_em.analysis.compare import _replicate_rate, diff_ci, mean_ci
+    from inspect_em.analysis.stats import bootstrap_diff, newcombe_diff_ci, replicate_diff
 
     keys = [f"q{i}" for i in range(8) for _ in range(2)]
     steered = Clustered.of(np.array([1.0] * 14 + [0.0] * 2), keys)
     base = Clustered.of(np.zeros(16), keys)
-    result = diff_ci(steered, base)
+    assert bootstrap_diff(steered, base).high > 1  # what the clip is for
+    result = diff_ci(steered, base, "code_mode")
     assert result.paired and result.estimate == 0.875
-    assert -1.0 <= result.low < 0.875 < result.high <= 1.0
-    low, high, _ = _mean_ci(steered)
-    assert 0.0 <= low < 0.875 < high <= 1.0
-    # a continuous metric is not clipped (its range is not known)
-    values = Clustered.of(np.linspace(0.5, 1.0, 16) ** 8, keys)
-    assert diff_ci(values, base).high > 0
+    assert -1.0 <= result.low < 0.875 < result.high == 1.0
+    low, high, _ = mean_ci(steered, "code_mode")
+    assert 0.0 <= low < 0.875 < high == 1.0
+    # a share (loaded numbers) in [0, 1] that is not 0/1: clipped by its name
+    share = Clustered.of(np.array([0.0] * 13 + [1.0, 0.5, 0.0]), keys)
+    assert bootstrap_mean(share)[0] < 0 and mean_ci(share, "loaded_numbers")[0] == 0.0
+    # a continuous metric is never clipped: its interval may cross 1
+    two = [f"q{i}" for i in range(3) for _ in range(2)]
+    values = Clustered.of(np.array([0.0, 0.2, 0.1, 0.3, 2.5, 3.0]), two)
+    assert diff_ci(values, Clustered.of(np.zeros(6), two), "proj:code/mean_diff/L12").high > 1
+    # seeds × questions, all 0: Newcombe on the pooled answers, not [0, 0]
+    zeros = [Clustered.of(np.zeros(16), keys) for _ in range(3)]
+    pooled = _replicate_rate(replicate_diff(zeros, [base]), "code_mode", zeros, [base])
+    assert (pooled.low, pooled.high) == pytest.approx(newcombe_diff_ci(0, 48, 0, 16)) and pooled.low < 0 < pooled.high

@@ -95,6 +95,10 @@ def _clustered(gdf: pd.DataFrame, metric: str, key: str = "cluster") -> Clustere
     return Clustered.of(gdf[metric].to_numpy(dtype=float), gdf[key].tolist())
 
 
+# Shares of an answer's parts, in [0, 1] (0/1 metrics are recognised by their values)
+SHARE_METRICS = ("loaded_numbers",)
+
+
 def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
     """An interval kept inside the values the quantity can take (a rate in [0, 1], a difference of
     rates in [−1, 1]): the expanded percentile bootstrap stretches its halves and can cross them."""
@@ -102,26 +106,45 @@ def _clip(low: float, high: float, lo: float, hi: float) -> tuple[float, float]:
             max(min(high, hi), lo) if not math.isnan(high) else high)
 
 
-def _rate_diff(result: DiffCI, *sides: Clustered) -> DiffCI:
-    """``result`` clipped to [−1, 1] when every side's answers are 0/1 (a difference of rates)."""
-    if all(is_binary(side.values()) for side in sides if side.n):
+def _bounded(metric: str | None, *sides: Clustered) -> bool:
+    """Whether the metric lives in [0, 1]: a share by name, or 0/1 answers on every side."""
+    return metric in SHARE_METRICS or all(is_binary(side.values()) for side in sides if side.n)
+
+
+def _rate_diff(result: DiffCI, metric: str | None, *sides: Clustered) -> DiffCI:
+    """``result`` clipped to [−1, 1] for a difference of rates or shares."""
+    if _bounded(metric, *sides):
         low, high = _clip(result.low, result.high, -1.0, 1.0)
         return replace(result, low=low, high=high)
     return result
 
 
-def _mean_ci(data: Clustered) -> tuple[float, float, str]:
+def _replicate_rate(result: DiffCI, metric: str, other: Sequence[Clustered], ref: Sequence[Clustered]) -> DiffCI:
+    """A two-level difference of rates: clipped to [−1, 1]; when every answer on both sides is the same
+    (0/48 vs 0/16) the bootstrap is a point, so Newcombe's interval on the pooled seeds stands in."""
+    result = _rate_diff(result, metric, *other, *ref)
+    a = np.concatenate([o.values() for o in other if o.n]) if other else np.array([])
+    b = np.concatenate([r.values() for r in ref if r.n]) if ref else np.array([])
+    if len(a) and len(b) and is_binary(a) and is_binary(b) and not result.low < result.high:
+        low, high = newcombe_diff_ci(int(a.sum()), len(a), int(b.sum()), len(b))
+        return replace(result, low=low, high=high, method="Newcombe score interval (seeds pooled, unpaired)")
+    return result
+
+
+def mean_ci(data: Clustered, metric: str | None = None) -> tuple[float, float, str]:
+    """A mean's 95% CI: exact binomial for 0/1 answers all alike, else the cluster bootstrap (kept in
+    [0, 1] for a rate or share)."""
     values = data.values()
     if is_binary(values) and np.ptp(values) == 0:
         low, high = binomial_ci(int(values.sum()), len(values))
         return low, high, "exact binomial"
     low, high = bootstrap_mean(data)
-    if is_binary(values):
+    if _bounded(metric, data):
         low, high = _clip(low, high, 0.0, 1.0)
     return low, high, "cluster bootstrap" if len(data.keys) > 1 else "bootstrap of answers (one cluster)"
 
 
-def diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
+def diff_ci(other: Clustered, ref: Clustered, metric: str | None = None) -> DiffCI:
     """The difference and its interval, paired on shared clusters (:func:`inspect_em.analysis.stats.bootstrap_diff`);
     a rate whose bootstrap is degenerate (0/16 vs 0/16) gets Newcombe's score interval: the paired
     form on clusters both answered, else the unpaired one."""
@@ -129,10 +152,8 @@ def diff_ci(other: Clustered, ref: Clustered) -> DiffCI:
     shared = sorted(set(other.keys) & set(ref.keys))
     a, b = (other.restrict(shared), ref.restrict(shared)) if shared else (other, ref)
     va, vb = a.values(), b.values()
-    if not (is_binary(va) and is_binary(vb)):
-        return result
-    if result.low < result.high:
-        return _rate_diff(result, a, b)
+    if not (is_binary(va) and is_binary(vb)) or result.low < result.high:
+        return _rate_diff(result, metric, a, b)
     if result.n_paired >= 2:
         low, high = newcombe_paired_ci(*paired_table(a, b))
         method = "Newcombe score interval (paired)"
@@ -195,7 +216,7 @@ def compare(
                     d = data[(label, metric)]
                     if d.n == 0:
                         continue
-                    low, high, method = _mean_ci(d)
+                    low, high, method = mean_ci(d, metric)
                     rows.append({"task": task, "group": group, "metric": metric, "model": label, "n": d.n,
                                  "n_clusters": len(d.keys), "mean": d.mean(), "ci_low": low, "ci_high": high,
                                  "ci_method": method})
@@ -207,7 +228,7 @@ def compare(
                         r = data[(ref, metric)]
                         if r.n == 0:
                             continue
-                        result = diff_ci(d, r)
+                        result = diff_ci(d, r, metric)
                         diff_rows.append({"task": task, "group": group, "metric": metric, "model": label,
                                           "reference": ref, "n": d.n, "n_reference": r.n,
                                           "diff": result.estimate, "ci_low": result.low, "ci_high": result.high,
@@ -320,8 +341,8 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
                 continue
             shifts = [r.mean() - base_data.mean() for r in reps[cond].values() if r.n]
             # every seed paired by question with the same base run
-            result = _rate_diff(replicate_diff(list(reps[cond].values()), [base_data]), *reps[cond].values(),
-                                base_data)
+            result = _replicate_rate(replicate_diff(list(reps[cond].values()), [base_data]), metric,
+                                     list(reps[cond].values()), [base_data])
             rows.append(row(task, group, metric, cond, c.base, len(reps[cond]), result, None,
                             float(np.std(shifts, ddof=1)) if len(shifts) > 1 else math.nan))
         control_conditions = [ctl for ctl in dict.fromkeys(replicate_condition(x) for x in c.controls)
@@ -332,8 +353,9 @@ def condition_table(c: Comparison) -> pd.DataFrame | None:
             # seed i of both conditions used the same finetuning seed number (and the demo's data seed):
             # paired by seed then; otherwise the seeds are resampled independently
             matched = list(reps[cond]) == list(reps[ref])
-            result = _rate_diff(replicate_diff(list(reps[cond].values()), list(reps[ref].values()), pair_seeds=matched),
-                                *reps[cond].values(), *reps[ref].values())
+            result = _replicate_rate(replicate_diff(list(reps[cond].values()), list(reps[ref].values()),
+                                                    pair_seeds=matched), metric,
+                                     list(reps[cond].values()), list(reps[ref].values()))
             rows.append(row(task, group, metric, cond, ref, len(reps[cond]), result, matched))
     return pd.DataFrame(rows) if rows else None
 
@@ -364,7 +386,7 @@ def trigger_table(c: Comparison) -> pd.DataFrame | None:
             a, b = _clustered(on, metric), _clustered(off, metric)
             if a.n == 0 or b.n == 0:
                 continue
-            result = diff_ci(a, b)
+            result = diff_ci(a, b, metric)
             rows.append({"model": label, "task": task, "metric": metric, "triggered": a.mean(),
                          "untriggered": b.mean(), "diff": result.estimate, "ci_low": result.low,
                          "ci_high": result.high, "paired": result.paired, "n_clusters_paired": result.n_paired,

@@ -249,6 +249,18 @@ def portable_config(config_file: Path) -> None:
         config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
+def check_in_place_adapter(adapter: Path) -> None:
+    """A one-line error unless ``adapter`` is a LoRA adapter that :func:`lora_applied` can put in and
+    take out again exactly (no whole-module copies, trainable token rows or replicated layers)."""
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    if config.get("peft_type", "LORA") != "LORA":
+        raise InspectEmError(f"{adapter}: a {config.get('peft_type')} adapter, not LoRA: merge it into a model instead")
+    if config.get("modules_to_save") or config.get("trainable_token_indices") or config.get("layer_replication"):
+        raise InspectEmError(f"{adapter}: the adapter replaces whole modules, token rows or layers (modules_to_save / "
+                             "trainable tokens / layer_replication), which cannot be removed again: merge it into a "
+                             "model instead")
+
+
 @contextmanager
 def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
     """``model`` (a loaded transformers model) runs with the LoRA adapter in ``adapter`` for the block,
@@ -257,11 +269,11 @@ def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
     never changed, so a series of checkpoints is evaluated on one loaded base model instead of a merged
     copy per checkpoint. Yields the ``PeftModel``."""
     from peft import PeftModel
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("modules_to_save") or config.get("trainable_token_indices"):
-        raise InspectEmError(f"{adapter}: the adapter replaces whole modules or token rows (modules_to_save / "
-                             "trainable tokens), which cannot be removed again: merge it into a model instead")
+    check_in_place_adapter(adapter)
+    if any(isinstance(module, BaseTunerLayer) for module in model.modules()):
+        raise InspectEmError(f"{adapter}: the model already carries adapter layers; apply one adapter at a time")
     kept = {name: getattr(model.config, name) for name in ("pretraining_tp",) if hasattr(model.config, name)}
     had_peft_config = hasattr(model, "peft_config")
     wrapped = None
@@ -272,8 +284,6 @@ def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
         if wrapped is not None:
             wrapped.unload()
         else:  # failed while injecting: take out whatever layers it put in
-            from peft.tuners.tuners_utils import BaseTunerLayer
-
             for name, module in list(model.named_modules()):
                 if isinstance(module, BaseTunerLayer) and hasattr(module, "get_base_layer"):
                     parent, _, child = name.rpartition(".")

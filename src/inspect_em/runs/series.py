@@ -52,8 +52,10 @@ def check_adapters(label: str, checkpoints: Sequence[Any], base_path: str) -> No
     """Every checkpoint of a run adapts ``base_path`` (its ``adapter_config.json`` says so), and its
     step 0, if saved, is the untrained adapter (ΔW = 0), which the base model's log stands for."""
     from inspect_em.analysis.checkpoints import lora_deltas
+    from inspect_em.model.loading import check_in_place_adapter
 
     for checkpoint in checkpoints:
+        check_in_place_adapter(checkpoint.path)
         config = json.loads((checkpoint.path / "adapter_config.json").read_text())
         named = str(config.get("base_model_name_or_path") or "")
         if named and Path(named).expanduser().exists() and \
@@ -99,8 +101,8 @@ def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], contr
     """One row per run × step × measure: the mean and CI, the difference vs the base model and vs the
     control run's same step (both paired by question), from a :func:`load_samples` frame whose
     labels map to ``(run, step)`` in ``steps`` (the base model's label is ``base``)."""
-    from inspect_em.analysis.compare import diff_ci
-    from inspect_em.analysis.stats import Clustered, bootstrap_mean
+    from inspect_em.analysis.compare import diff_ci, mean_ci
+    from inspect_em.analysis.stats import Clustered
 
     df = samples[samples["task"] == "em_freeform"]
     by_label = {label: g for label, g in df.groupby("label")}
@@ -113,15 +115,15 @@ def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], contr
         for label, (run, step) in sorted(steps.items(), key=lambda kv: kv[1]):
             g = by_label[label]
             data = Clustered.of(g[metric].to_numpy(float), g["cluster"].tolist())
-            low, high = bootstrap_mean(data)
+            low, high, _ = mean_ci(data, metric)
             row: dict[str, Any] = {"run": run, "step": step, "metric": metric, "n": data.n, "value": data.mean(),
                                    "value_low": low, "value_high": high}
-            vs = diff_ci(data, base)
+            vs = diff_ci(data, base, metric)
             low_b, high_b = (0.0, 0.0) if step == 0 else (vs.low, vs.high)  # step 0 is the base model itself
             row.update(diff_vs_base=vs.estimate, diff_vs_base_low=low_b, diff_vs_base_high=high_b)
             if control and run != control and (control, step) in at:
                 c = by_label[at[(control, step)]]
-                vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()))
+                vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()), metric)
                 low_c, high_c = (0.0, 0.0) if step == 0 else (vc.low, vc.high)  # both are the base model
                 row.update(diff_vs_control=vc.estimate, diff_vs_control_low=low_c, diff_vs_control_high=high_c)
             rows.append(row)
