@@ -323,7 +323,7 @@ def test_the_suites_short_batch_wait_keeps_requests_batched(tiny_model_dir: Path
     original = hf._generate_batch
     monkeypatch.setattr(hf, "_generate_batch", lambda batch: (sizes.append(len(batch)), original(batch))[1])
     model = get_model(f"hf/{tiny_model_dir}", device="cpu", memoize=False)
-    task = em_freeform(variants="plain")  # installs the suite's wait
+    task = em_freeform(variants="plain")  # building a task sets the suite's wait again
     assert shorten_hf_batch_wait(0.5)
     try:
         (log,) = inspect_eval(task, model=model, log_dir=str(tmp_path), display="none", limit=4, epochs=2,

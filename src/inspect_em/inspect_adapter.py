@@ -262,6 +262,14 @@ def _asyncio_running() -> bool:
     return True
 
 
+def _check_wait(seconds: float, what: str) -> float:
+    """``seconds`` when it is a finite wait in [0.001, 10] (0 would spin, nan or inf hang the batch
+    thread); else a one-line error naming ``what``."""
+    if not (math.isfinite(seconds) and 0.001 <= seconds <= 10):
+        raise InspectEmError(f"{what}: expected seconds between 0.001 and 10, e.g. 0.05")
+    return seconds
+
+
 def batch_wait_from_env() -> float | None:
     """``$INSPECT_EM_HF_BATCH_WAIT`` in seconds (None when unset or empty); a one-line error unless it
     is a finite number of seconds in [0.001, 10]."""
@@ -272,9 +280,7 @@ def batch_wait_from_env() -> float | None:
         seconds = float(value)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and 0.001 <= seconds <= 10):
-        raise InspectEmError(f"{BATCH_WAIT_ENV}={value!r}: expected seconds between 0.001 and 10, e.g. 0.05")
-    return seconds
+    return _check_wait(seconds, f"{BATCH_WAIT_ENV}={value!r}")
 
 
 def shorten_hf_batch_wait(seconds: float | None = None) -> bool:
@@ -295,8 +301,7 @@ def shorten_hf_batch_wait(seconds: float | None = None) -> bool:
         seconds = batch_wait_from_env()
         if seconds is None:
             return False
-    if not (math.isfinite(seconds) and 0.001 <= seconds <= 10):
-        raise InspectEmError(f"batch wait {seconds} s: expected seconds between 0.001 and 10")
+    _check_wait(seconds, f"batch wait {seconds} s")
     from inspect_ai.model._providers import hf
 
     with _INSTALL:

@@ -216,6 +216,7 @@ def run_series(
         check_name,
         check_output,
         claim_live_folder,
+        sha256_file,
     )
 
     if control is not None and control not in runs:
@@ -272,7 +273,7 @@ def run_series(
                 steps[label] = (run, checkpoint.step)
                 if checkpoint.step == 0:  # ΔW = 0 (checked): the base model's log stands for it
                     continue
-                digest = _digest((checkpoint.path / "adapter_model.safetensors").read_bytes())
+                digest = sha256_file(checkpoint.path / "adapter_model.safetensors")[:12]  # streamed: large at 32B
                 log_dir = logs_root / run / f"step-{checkpoint.step}-{digest}"
                 if not _finished_log(log_dir):
                     report(f"evaluating {run} at step {checkpoint.step}")

@@ -4,4 +4,3 @@ from inspect_em.tasks.em_freeform import em_freeform
 from inspect_em.tasks.refusal_contrast import refusal_contrast
 
 __all__ = ["em_freeform", "refusal_contrast"]
-
