@@ -134,6 +134,28 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
                                                                              for k in (1, 2)])
     with pytest.raises(InspectEmError, match="would pool two models"):
         read_logs([folder], labels=["all"])
+    # compare takes the series' logs folder: the same table against step (its base: the series' base
+    # log), the LoRA deltas read from the adapters the logs name, and a --samples recompute reproduces it
+    from helpers import cli_here
+
+    report = tmp_path / "report"
+    proc = cli_here("compare", str(folder), "--series-control", "secure", "--out", str(report))
+    assert proc.returncode == 0, proc.stderr
+    from_compare = pd.read_csv(report / "series.csv")
+    pd.testing.assert_frame_equal(from_compare, table, check_dtype=False, atol=1e-9)
+    compared_lora = pd.read_csv(report / "lora.csv")
+    expected_lora = lora[lora["step"] > 0].sort_values(["run", "step", "module", "layer"]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(compared_lora.sort_values(["run", "step", "module", "layer"])
+                                  .reset_index(drop=True)[expected_lora.columns], expected_lora,
+                                  check_dtype=False, atol=1e-6)
+    text = (report / "report.md").read_text()
+    assert "## Over training steps" in text and "steps 0, 1, 2" in text and "![series.png]" in text
+    assert f"Base model: **{tiny_model_dir.name}**" in text
+    again = tmp_path / "report-again"
+    proc = cli_here("compare", "--samples", str(report / "samples.parquet"), "--out", str(again))
+    assert proc.returncode == 0, proc.stderr
+    assert (again / "series.csv").read_bytes() == (report / "series.csv").read_bytes()
+    assert (again / "lora.csv").read_bytes() == (report / "lora.csv").read_bytes()
 
 
 def test_lora_applied_equals_the_merged_model_and_restores_the_base(tiny_model_dir: Path, tmp_path: Path):

@@ -13,14 +13,15 @@ import pandas as pd
 import pytest
 
 SMOKE = ["--out", "runs/smoke", "--n", "8", "--max-steps", "1", "--samples", "1", "--max-tokens", "4",
-         "--methods", "mean_diff", "--limit", "2", "--sets", "insecure,prose", "--steer-alpha", "4"]
+         "--methods", "mean_diff", "--limit", "2", "--sets", "insecure,prose", "--steer-alpha", "4",
+         "--save-every", "1"]
 
 
 def test_demo_smoke_run_from_a_relative_out_and_its_restart(tiny_model_dir: Path, tiny_vectors: list[Path],
                                                              tmp_path: Path):
-    """Every stage of `inspect-em demo` (data, finetunes, evals through eval_set, compare, report) on a
-    tiny random-weight model with the given vectors, from a relative --out; the same command again
-    reuses every stage and gives the same report."""
+    """Every stage of `inspect-em demo` (data, finetunes with checkpoints, evals through eval_set, the
+    checkpoint series, compare, report) on a tiny random-weight model with the given vectors, from a
+    relative --out; the same command again reuses every stage and gives the same report."""
     from helpers import cli_here
 
     command = ["demo", *SMOKE, "--model", str(tiny_model_dir), "--vectors", ",".join(map(str, tiny_vectors))]
@@ -40,11 +41,21 @@ def test_demo_smoke_run_from_a_relative_out_and_its_restart(tiny_model_dir: Path
     assert (run / "models" / "insecure" / "merged" / "config.json").is_file()
     logs = list((run / "logs").rglob("*.eval"))
     assert len(logs) == 7  # base, insecure, prose: two tasks each; steered: em_freeform
+    # --save-every 1: each run's steps 0 and 1, against the control's (prose) same step, in the report
+    series = pd.read_csv(run / "series" / "series.csv")
+    code = series[series["metric"] == "code_mode"]
+    assert code.groupby("run")["step"].apply(list).to_dict() == {"insecure": [0, 1], "prose": [0, 1]}
+    assert code[code["run"] == "insecure"]["diff_vs_control"].notna().all()
+    assert "## Over training steps" in report and "minus **prose** at the same step" in report
+    assert (run / "report" / "series.png").is_file() and (run / "report" / "lora.csv").is_file()
+    assert len(list((run / "series-logs").rglob("*.eval"))) == 3  # the base model, then step 1 of each run
+    assert "checkpoint series:" in first.stdout
     # the same command again: every stage is reused, the report is the same
     second = cli_here(*command, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "reused finished stages: data insecure, data prose, finetune insecure, finetune prose" in second.stdout
     assert len(list((run / "logs").rglob("*.eval"))) == 7  # eval_set reused every log
+    assert len(list((run / "series-logs").rglob("*.eval"))) == 3  # the series reused its logs
     pd.testing.assert_frame_equal(pd.read_csv(run / "report" / "summary.csv"), summary)
 
 

@@ -150,3 +150,49 @@ def test_split_holds_both_sides_out_when_no_question_has_both():
         assert 3 <= len(test) <= 4  # round(12 x 0.25) = 3, plus at most one top-up
     with pytest.raises(InspectEmError, match="select no answers"):
         split_by_question(LogSelection([], []))
+
+
+def test_one_sided_logs_give_only_their_side(code_prose_log: Path, tiny_model_dir: Path, tmp_path: Path):
+    """--positive-log / --negative-log: the mixed log gives only its code answers, a prose-only log of the
+    same questions only its prose answers; the mixed log's prose answers are on neither side."""
+    outputs = [scripted_output(f"{PROSE} [{i}]") for i in range(32)]
+    base = inspect_eval(em_freeform(variants="plain", samples_per_question=4),
+                        model=get_model("mockllm/model", custom_outputs=outputs), log_dir=str(tmp_path / "base"),
+                        display="none", max_samples=1)[0]
+    assert base.status == "success", base.error
+    base_log = Path(base.location)
+    pos, neg = parse_predicate("score:code_mode==1"), parse_predicate("score:code_mode==0")
+    selection = select_answers([], pos, neg, positive_logs=[code_prose_log], negative_logs=[base_log.parent])
+    mixed = read_eval_log(str(code_prose_log))
+    n_code = sum(s.scores["code_mode"].value == 1 for s in mixed.samples)
+    assert 0 < n_code < 32
+    assert len(selection.positive) == n_code and {a.log for a in selection.positive} == {str(code_prose_log)}
+    assert len(selection.negative) == 32 and {a.log for a in selection.negative} == {str(base_log)}
+    assert all(PROSE in a.answer for a in selection.negative)
+    assert selection.counts[code_prose_log.name] == {"samples": 32, "positive": n_code, "negative": 0,
+                                                     "neither": 32 - n_code, "not_single_turn": 0}
+    assert selection.sides == {code_prose_log.name: "positive", base_log.name: "negative"}
+    # a one-sided log reads one predicate only: predicates that overlap on a sample are not refused there
+    overlap = select_answers([], parse_predicate("score:code_mode>=0"), neg, positive_logs=[code_prose_log],
+                             negative_logs=[base_log])
+    assert len(overlap.positive) == 32 and len(overlap.negative) == 32
+    splits = split_by_question(selection)
+    fit = {a.question for k in ("fit_pos", "fit_neg") for a in splits[k]}
+    test = {a.question for k in ("test_pos", "test_neg") for a in splits[k]}
+    assert splits["test_pos"] and splits["test_neg"] and not fit & test
+    with pytest.raises(InspectEmError, match="given twice"):
+        select_answers([code_prose_log], pos, neg, negative_logs=[code_prose_log])
+    with pytest.raises(InspectEmError, match="no logs given"):
+        select_answers([], pos, neg)
+    args = ["extract", "--positive-log", str(code_prose_log), "--negative-log", str(base_log), "--positive",
+            "score:code_mode==1"]
+    one_line(cli_here(*args, "--out", str(tmp_path / "x")), "needs --positive and --negative")
+    assert not (tmp_path / "x").exists()
+    out = tmp_path / "code_vs_base"
+    proc = cli_here(*args, "--negative", "score:code_mode==0", "--model", str(tiny_model_dir), "--methods",
+                    "mean_diff", "--null-k", "2", "--random-k", "10", "--cv-folds", "2", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    card = json.loads((out / "card.json").read_text())["from_log"]
+    assert card["sides"] == {code_prose_log.name: "positive", base_log.name: "negative"}
+    assert card["counts"][base_log.name]["negative"] == 32 and card["counts"][code_prose_log.name]["negative"] == 0
+    assert sum(len(card["samples"][k]) for k in ("fit_pos", "test_pos")) == n_code

@@ -50,6 +50,12 @@ def model_path() -> None:
 @click.option("--from-log", "from_logs", multiple=True, type=click.Path(path_type=Path),
               help="Instead of --trait: fit on these logs' own answers (repeatable), sides chosen by --positive / "
                    "--negative, held out by question.")
+@click.option("--positive-log", "positive_logs", multiple=True, type=click.Path(path_type=Path),
+              help="Like --from-log, but only its answers matching --positive are read (e.g. a steered or "
+                   "finetuned model's log; repeatable).")
+@click.option("--negative-log", "negative_logs", multiple=True, type=click.Path(path_type=Path),
+              help="Like --from-log, but only its answers matching --negative are read (e.g. the base model's "
+                   "log of the same questions; repeatable).")
 @click.option("--positive", default=None, help="With --from-log: score:<scorer>[.<key>]<op><value> or "
                                                 "metadata:<field><op><value>, e.g. 'score:code_mode==1'.")
 @click.option("--negative", default=None,
@@ -80,7 +86,8 @@ def model_path() -> None:
 @click.option("--truncate-prompts", is_flag=True,
               help="Cut prompts longer than the model's context to fit (default: refuse them, naming the first).")
 @click.option("--force", is_flag=True, help="Replace an earlier extraction in --out made with other settings.")
-def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path, ...], positive: str | None,
+def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path, ...],
+                positive_logs: tuple[Path, ...], negative_logs: tuple[Path, ...], positive: str | None,
                 negative: str | None, name: str, methods: str, layers: str, position: str | None, out: Path | None,
                 batch_size: int, null_k: int, random_k: int, cv_folds: int, jobs: int, device: str,
                 device_map: str | None, offload_folder: Path | None, dtype: str, load_in_4bit: bool,
@@ -106,8 +113,9 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
     from inspect_em.util.paths import check_name, check_output
 
     # everything checkable is checked before (possibly tens of GB of) weights load
-    if bool(trait) == bool(from_logs):
-        raise InspectEmError("give --trait or --from-log (one of them)")
+    all_logs = (*from_logs, *positive_logs, *negative_logs)
+    if bool(trait) == bool(all_logs):
+        raise InspectEmError("give --trait or --from-log / --positive-log / --negative-log (one of them)")
     method_names = resolve_methods(methods)
     parse_device_map(device_map)
 
@@ -115,7 +123,7 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
         return load_hf_model(ref, device=device, dtype=dtype, device_map=device_map, offload_folder=offload_folder,
                              load_in_4bit=load_in_4bit, load_in_8bit=load_in_8bit)
 
-    if from_logs:
+    if all_logs:
         from inspect_em.runs.from_log import (
             answers_in_context,
             extract_from_logs,
@@ -133,7 +141,7 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
             raise InspectEmError("--truncate-prompts cuts a trait's prompts; --from-log reads whole transcripts")
         check_name(name, "--name")
         pos, neg = parse_predicate(positive), parse_predicate(negative)
-        selection = select_answers(from_logs, pos, neg)
+        selection = select_answers(from_logs, pos, neg, positive_logs=positive_logs, negative_logs=negative_logs)
         split_by_question(selection)
         if model_ref is None:  # the model under study: the logs' own model, one local folder
             models = sorted(set(selection.models))
@@ -147,14 +155,14 @@ def extract_cmd(model_ref: str | None, trait: str | None, from_logs: tuple[Path,
         out = out or Path("vectors") / model_slug(model_id) / name
         settings = from_log_settings(model_id, config_hash(config), name, selection, pos, neg, method_names,
                                      selected, null_k, random_k, cv_folds)
-        inputs = [p for p in [local_folder(model_ref), *from_logs] if p is not None]
+        inputs = [p for p in [local_folder(model_ref), *all_logs] if p is not None]
         check_output(out, command="extract", config=settings, inputs=inputs, force=force, legacy_marker="card.json")
         answers_in_context(load_tokenizer(model_ref), config, selection)
         model, tokenizer, model_id = load(model_ref)
         tv = extract_from_logs(model, tokenizer, from_logs, pos, neg, name=name, model_id=model_id,
                                methods=method_names, layers=selected, batch_size=batch_size, null_k=null_k,
                                random_k=random_k, cv_folds=cv_folds, selection=selection)
-        title = f"{name} vectors for {model_slug(model_id)} from {len(from_logs)} log(s) at response_mean"
+        title = f"{name} vectors for {model_slug(model_id)} from {len(selection.files)} log(s) at response_mean"
     else:
         assert trait is not None
         if model_ref is None:
@@ -217,17 +225,24 @@ def _print_vectors_table(tv: Any, title: str) -> None:
 @click.option("--samples", "samples_from", type=click.Path(path_type=Path), default=None,
               help="Instead of LOGS: recompute from an earlier report's samples.parquet (and comparison.json beside "
                    "it), with its base, controls and pairs unless given here.")
+@click.option("--series-control", default=None,
+              help="For a checkpoint series among LOGS (inspect-em series logs): the run each run is compared "
+                   "with at the same optimizer step, e.g. secure.")
 @click.option("--allow-incomplete", is_flag=True, help="Include logs that did not finish (the report is marked).")
 @click.option("--force", is_flag=True, help="Replace an earlier report in --out made with other settings.")
 def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base: str | None,
-                controls: tuple[str, ...], pairs: tuple[str, ...], samples_from: Path | None, allow_incomplete: bool,
-                force: bool) -> None:
+                controls: tuple[str, ...], pairs: tuple[str, ...], samples_from: Path | None,
+                series_control: str | None, allow_incomplete: bool, force: bool) -> None:
     """Compare base vs EM logs: report.md (headline first), CSVs and plots with 95% CIs.
 
-    LOGS are .eval files or folders of them (searched recursively, e.g. an eval_set log dir).
+    LOGS are .eval files or folders of them (searched recursively, e.g. an eval_set log dir). The
+    checkpoints of an `inspect-em series` among them are also plotted against the optimizer step
+    (series.csv, series.png).
     """
+    import pandas as pd
     from rich.console import Console
 
+    from inspect_em.analysis.checkpoints import series_lora
     from inspect_em.analysis.compare import compare
     from inspect_em.analysis.logs import discover, load_samples, projection_cards
     from inspect_em.analysis.report import headline_tables, read_samples, reference_table, write_report
@@ -246,20 +261,31 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
         samples, saved = read_samples(samples_from)
         settings: dict[str, Any] = {"samples": str(samples_from), "base": base, "controls": list(controls),
                                     "pairs": list(pairs)}
+        if series_control is not None:  # absent otherwise: earlier reports keep their identity
+            settings["series_control"] = series_control
         inputs: list[str | Path] = [samples_from]
         check_output(out, command="compare", config=settings, inputs=inputs, force=force, legacy_marker="report.md")
         comparison = compare(samples, base=base or saved.get("base"), controls=controls or saved.get("controls", ()),
                              cards={t: CardSummary.from_dict(c) for t, c in (saved.get("cards") or {}).items()},
-                             pairs=pair_list or [tuple(p) for p in saved.get("pairs", [])])
+                             pairs=pair_list or [tuple(p) for p in saved.get("pairs", [])],
+                             series_steps=saved.get("series_steps") or {},
+                             series_control=series_control or saved.get("series_control"))
+        lora_file = Path(samples_from).parent / "lora.csv"  # the adapters' deltas, read when the report was made
+        if comparison.series is not None and lora_file.is_file():
+            comparison.series_lora, comparison.series_d_model = pd.read_csv(lora_file), saved.get("series_d_model")
     else:
         found = [f for files in discover(logs) for f in files]
         settings = {"logs": list(logs), "labels": list(labels), "base": base, "controls": list(controls),
                     "pairs": list(pairs), "allow_incomplete": allow_incomplete}
+        if series_control is not None:  # absent otherwise: earlier reports keep their identity
+            settings["series_control"] = series_control
         check_output(out, command="compare", config=settings, inputs=[*logs, *found], force=force,
                      legacy_marker="report.md")
         loaded = load_samples(list(logs), labels=list(labels) or None, allow_incomplete=allow_incomplete)
         comparison = compare(loaded, base=base, controls=controls, cards=projection_cards(loaded.logs),
-                             pairs=pair_list)
+                             pairs=pair_list, series_control=series_control)
+        if comparison.series is not None:
+            comparison.series_lora, comparison.series_d_model = series_lora(loaded.logs, comparison.series_steps)
         inputs = [*logs]
     folder = write_report(comparison, out, inputs, force=force, settings=settings)
     console = Console()
@@ -362,12 +388,15 @@ def finetune_cmd(model_ref: str, data: Path, out: Path, backend: str, merge: boo
 @click.option("--layers", default="all", show_default=True, help="Layers to extract and project.")
 @click.option("--methods", default="all", show_default=True, help="Extraction methods.")
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Samples per eval task (smoke runs).")
+@click.option("--save-every", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Keep each condition's LoRA adapter every N optimizer steps and plot every headline measure "
+                   "against the step (OUT/series/, and in the report); 0: no series.")
 @click.option("--force", is_flag=True, help="Replace stage outputs made with other settings.")
 def demo_cmd(out: Path, model_ref: str, vector_dirs: str, n_examples: int, learning_rate: float, epochs: float,
              max_steps: int, grad_accum: int, samples_per_question: int, max_tokens: int, variants: str, sets: str,
              seeds: int, organisms: str,
              positive_control: bool, steer_alpha: float | None, steer_layer: str, steer_vectors: str | None,
-             layers: str, methods: str, limit: int | None, force: bool) -> None:
+             layers: str, methods: str, limit: int | None, save_every: int, force: bool) -> None:
     """End-to-end EM detection (on the embedded model by default): vectors, LoRA finetunes with matched controls,
     evals (Inspect eval_set), compare. Restartable: re-run the same command to resume.
 
@@ -386,13 +415,16 @@ def demo_cmd(out: Path, model_ref: str, vector_dirs: str, n_examples: int, learn
                         samples_per_question=samples_per_question, max_tokens=max_tokens,
                         variants=variants, conditions=items(sets), seeds=seeds, organisms=items(organisms),
                         positive_control=positive_control, steer_alpha=steer_alpha, steer_layer=steer_layer,
-                        steer_vectors=steer_vectors, layers=layers, methods=methods, limit=limit)
+                        steer_vectors=steer_vectors, layers=layers, methods=methods, limit=limit,
+                        save_every=save_every)
     with hub_offline_for_local(model_ref):  # every model of the demo is a local folder
         result = run_demo(out, config, force=force, report=click.echo)
     if result.skipped:
         click.echo(f"reused finished stages: {', '.join(result.skipped)}")
     for label, table in headline_tables(result.comparison).items():
         click.echo(f"\n{label}\n{table.to_markdown(index=False)}")
+    if result.series is not None:
+        click.echo(f"checkpoint series: {result.series / 'series.png'}")
     click.echo(f"\nstage times (s): {result.stages}")
     click.echo(f"report: {result.report / 'report.md'}")
 

@@ -66,6 +66,9 @@ class Comparison:
         diffs: one row per task × group × metric × model × reference (base or a control).
         conditions: replicate-level condition differences (None without replicates).
         cards: per trait, the vector card summary recorded in the logs (best layers).
+        series: for the checkpoints of an ``inspect-em series`` among the logs, one row per run × step
+            × headline measure (:func:`~inspect_em.analysis.checkpoints.series_table`); ``series_steps``:
+            label → ``(run, step)``; ``series_lora``: the adapters' ``‖ΔW‖_F`` and cosines, when read.
     """
 
     samples: pd.DataFrame
@@ -82,6 +85,11 @@ class Comparison:
     pairs: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     incomplete: list[str] = field(default_factory=list)
+    series: pd.DataFrame | None = None
+    series_steps: dict[str, tuple[str, int]] = field(default_factory=dict)
+    series_control: str | None = None
+    series_lora: pd.DataFrame | None = None
+    series_d_model: int | None = None
 
 
 def _key_column(gdf: pd.DataFrame) -> str:
@@ -173,11 +181,26 @@ def compare(
     controls: Sequence[str] = (),
     cards: dict[str, CardSummary] | None = None,
     pairs: Sequence[tuple[str, str]] = (),
+    series_steps: dict[str, tuple[str, int]] | None = None,
+    series_control: str | None = None,
 ) -> Comparison:
     """Means per model × task × group × metric, and differences from the base and controls (and
-    for each ``(model, its own control)`` in ``pairs``, e.g. evil vs neutral numbers)."""
+    for each ``(model, its own control)`` in ``pairs``, e.g. evil vs neutral numbers). Checkpoints
+    of a series (``series_steps``, by default read from the logs) are also tabled against their
+    optimizer step, each run's against ``series_control``'s same step; the series' base-model log is
+    then the default base."""
+    from inspect_em.analysis.checkpoints import BASE_RUN, series_table
+    from inspect_em.analysis.logs import series_steps as steps_of
+
     df = loaded.samples if isinstance(loaded, LoadedLogs) else loaded
     labels = list(df.attrs.get("label_order") or dict.fromkeys(df["label"]))
+    if series_steps is None:
+        series_steps = steps_of(loaded.logs) if isinstance(loaded, LoadedLogs) else {}
+    series_steps = {k: (str(v[0]), int(v[1])) for k, v in series_steps.items() if k in labels}
+    series_base = next((k for k, v in series_steps.items() if v[0] == BASE_RUN), None)
+    if series_control is not None and not any(v[0] != BASE_RUN for v in series_steps.values()):
+        raise InspectEmError(f"--series-control {series_control}: no checkpoint series among these logs")
+    base = base or series_base
     if len(labels) < 2:
         raise InspectEmError(f"compare needs logs of at least two models; all {len(df['label'].unique())} "
                              f"label(s) here are {labels}: give the logs of the other models, or one --label "
@@ -249,6 +272,9 @@ def compare(
     comparison.conditions = condition_table(comparison)
     comparison.triggers = trigger_table(comparison)
     comparison.agreement = agreement_table(comparison)
+    if any(v[0] != BASE_RUN for v in series_steps.values()):
+        comparison.series = series_table(df, series_steps, series_control, series_base or base)
+        comparison.series_steps, comparison.series_control = series_steps, series_control
     return comparison
 
 

@@ -70,6 +70,7 @@ class LogInfo:
     # ``adapter_digest``, ``series_run``, ``step``): part of the model's identity
     adapter: str | None = None
     checkpoint: str | None = None
+    series: tuple[str, int] | None = None  # (series_run, step) of any series log, the base model's too
 
 
 @dataclass
@@ -95,8 +96,9 @@ def _header(path: str, argument: str) -> LogInfo:
     plan = [(step.solver, step.params) for step in steps]
     metadata = log.eval.metadata or {}
     adapter = metadata.get("adapter_digest")
-    checkpoint = f"{metadata['series_run']}.step{metadata['step']}" if adapter and "series_run" in metadata \
-        and "step" in metadata else None
+    series = (str(metadata["series_run"]), int(metadata["step"])) if "series_run" in metadata \
+        and isinstance(metadata.get("step"), int) else None
+    checkpoint = f"{series[0]}.step{series[1]}" if adapter and series else None
     signature = json.dumps({"task": log.eval.task, "args": log.eval.task_args, "plan": plan,
                             "model": log.eval.model, "adapter": adapter}, sort_keys=True, default=str)
     steer = next((step.params for step in steps if step.solver == "inspect_em/steer"), None)
@@ -104,7 +106,7 @@ def _header(path: str, argument: str) -> LogInfo:
                    model=str(log.eval.model), model_path=model_args.get("model_path"), signature=signature,
                    error=log.error.message.splitlines()[0][:120] if log.error and log.error.message else None,
                    steering=_steering_label(steer) if steer is not None else None, eval_id=str(log.eval.eval_id),
-                   adapter=str(adapter) if adapter else None, checkpoint=checkpoint)
+                   adapter=str(adapter) if adapter else None, checkpoint=checkpoint, series=series)
 
 
 def _steering_label(params: dict[str, Any]) -> str:
@@ -222,6 +224,21 @@ def _check_labels(infos: list[LogInfo]) -> None:
                 raise InspectEmError(
                     f"label '{label}' has two different runs of {task} (other task args or solvers): "
                     f"{Path(a.path).name} and {Path(b.path).name}; give them separate arguments and --labels")
+
+
+def series_steps(infos: Sequence[LogInfo]) -> dict[str, tuple[str, int]]:
+    """Label → ``(run, step)`` of the logs an ``inspect-em series`` made (eval metadata ``series_run``
+    and ``step``; the base model's log is ``("base", 0)``); a label whose logs name two points of a
+    series is refused."""
+    steps: dict[str, tuple[str, int]] = {}
+    for info in infos:
+        if info.superseded or info.series is None:
+            continue
+        if steps.setdefault(info.label, info.series) != info.series:
+            a, b = steps[info.label], info.series
+            raise InspectEmError(f"label '{info.label}' holds two points of a series ({a[0]} step {a[1]} and "
+                                 f"{b[0]} step {b[1]}): give each checkpoint its own label")
+    return steps
 
 
 def replicate_of(label: str) -> tuple[str, int | None]:

@@ -153,14 +153,22 @@ def write_report(
             c.triggers.to_csv(tmp / "triggers.csv", index=False, float_format="%.6g")
         if c.agreement is not None:
             c.agreement.to_csv(tmp / "agreement.csv", index=False, float_format="%.6g")
+        if c.series is not None:
+            from inspect_em.analysis.checkpoints import plot_series
+
+            c.series.to_csv(tmp / "series.csv", index=False, float_format="%.6g")
+            if c.series_lora is not None:
+                c.series_lora.to_csv(tmp / "lora.csv", index=False, float_format="%.6g")
+            plot_series(c.series, c.series_lora, c.series_d_model, tmp / "series.png")
         # what the numbers were computed from, so anyone can recompute them without the models
         # (`inspect-em compare --samples <out>/samples.parquet`)
         c.samples.to_parquet(tmp / SAMPLES_FILE, index=False)
         saved = {"labels": c.labels, "base": c.base, "controls": c.controls, "pairs": [list(p) for p in c.pairs],
                  "cards": {t: card.to_dict() for t, card in c.cards.items()}, "notes": c.notes,
-                 "incomplete": c.incomplete}
+                 "incomplete": c.incomplete, "series_steps": {k: list(v) for k, v in c.series_steps.items()},
+                 "series_control": c.series_control, "series_d_model": c.series_d_model}
         (tmp / COMPARISON_FILE).write_text(json.dumps(saved, indent=2, default=str), encoding="utf-8")
-        figures = plots.write_all(c, tmp)
+        figures = plots.write_all(c, tmp) + (["series.png"] if c.series is not None else [])
         (tmp / "report.md").write_text(markdown(c, inputs, figures), encoding="utf-8")
     return out
 
@@ -200,6 +208,30 @@ def pairing_warnings(c: Comparison) -> list[str]:
     return [f"{task}: {model} − {ref} dropped up to {g['share'].max():.0%} of the clusters "
             f"({int(g['n_clusters_dropped'].max())} answered by one side only); those differences use the rest"
             for (task, model, ref), g in worst]
+
+
+def series_section(c: Comparison) -> list[str]:
+    """The checkpoint series: each run's last step per measure, vs base and vs the control's same step."""
+    assert c.series is not None
+    last = c.series.loc[c.series.groupby(["run", "metric"])["step"].idxmax()]
+    view = last.assign(value=[_ci(r.value, r.value_low, r.value_high) for r in last.itertuples()],
+                       vs_base=[_ci(r.diff_vs_base, r.diff_vs_base_low, r.diff_vs_base_high, sign=True)
+                                for r in last.itertuples()])
+    columns = ["run", "step", "metric", "value", "vs_base"]
+    if "diff_vs_control" in last.columns:
+        view["vs_control"] = ["" if math.isnan(r.diff_vs_control) else
+                              _ci(r.diff_vs_control, r.diff_vs_control_low, r.diff_vs_control_high, sign=True)
+                              for r in last.itertuples()]
+        columns.append("vs_control")
+    steps = sorted({int(s) for s in c.series["step"]})
+    return ["## Over training steps (checkpoint series)", "",
+            f"{len(set(c.series['run']))} run(s) at optimizer steps {', '.join(map(str, steps))}; step 0 is the base "
+            "model. Every step of every measure, with 95% CIs paired by question, is in `series.csv` and "
+            "`series.png`" + (f"; `vs_control` is each run minus **{c.series_control}** at the same step"
+                              if c.series_control else "")
+            + ("; `lora.csv`: each adapter's ‖ΔW‖_F and its direction's cosine with the trait vectors"
+               if c.series_lora is not None else "") + ". The last step:", "",
+            view[columns].to_markdown(index=False), ""]
 
 
 def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str] = ()) -> str:
@@ -262,6 +294,8 @@ def markdown(c: Comparison, inputs: Sequence[str | Path], figures: Sequence[str]
             difference=[_ci(r.diff, r.ci_low, r.ci_high, sign=True) for r in c.triggers.itertuples()])
         lines += [view[["model", "task", "metric", "triggered", "untriggered", "difference"]].to_markdown(index=False),
                   ""]
+    if c.series is not None:
+        lines += series_section(c)
     lines += ["## Exploratory", "",
               "Every metric at every layer and per question is in `summary.csv` (means with CIs) and "
               "`differences.csv` (each model vs the base and each control); `layer_profile.png` plots the shift "

@@ -13,6 +13,10 @@ folder per model) → compare (vs the base and each matched control).
   the run's own code vector at its card layer; ``steer_vectors`` / ``steer_layer`` pick another
   (``make em-demo`` uses the embedded model's multi-layer recipe: the prompt-position code vector
   at L12, L14, L16 and L18, α = 0.4). It is always read by the run's own code vector.
+- Checkpoint series (``save_every``): every condition's finetune (its first seed) also keeps its
+  adapter every N optimizer steps, and ``inspect-em series`` evaluates each checkpoint
+  (``OUT/series/``, logs in ``OUT/series-logs/``); the report plots each headline measure against the
+  step, each run against the first control's same step.
 - Organisms (one finetune each): ``backdoor`` (insecure code only after a trigger; evaluated with
   and without it, the base model too) and ``evil_numbers`` with its ``neutral_numbers`` control
   (evaluated with the evil-numbers question format and the loaded-numbers scorer).
@@ -69,6 +73,7 @@ class DemoConfig:
     layers: str = "all"
     methods: str = "all"
     limit: int | None = None
+    save_every: int = 0  # keep each condition's adapter every N optimizer steps and plot the series (0: no)
     null_k: int = 50
     random_k: int = 1000
 
@@ -81,6 +86,8 @@ class DemoConfig:
             raise InspectEmError(f"unknown organism(s) {sorted(unknown)}; choose from {', '.join(ORGANISMS)}")
         if self.seeds < 1:
             raise InspectEmError(f"seeds must be >= 1, got {self.seeds}")
+        if self.save_every < 0:
+            raise InspectEmError(f"save every must be >= 0 optimizer steps, got {self.save_every}")
         if "insecure" not in self.conditions and not self.organisms:
             raise InspectEmError("the demo needs the insecure condition or an organism to compare")
         self.base_path()
@@ -140,6 +147,7 @@ class DemoResult:
     labels: list[str]
     stages: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    series: Path | None = None  # the checkpoint series' folder (save_every)
 
 
 def _marker_config(path: Path, command: str) -> dict[str, Any] | None:
@@ -216,7 +224,9 @@ def run_demo(out: str | Path, config: DemoConfig | None = None, *, force: bool =
     models = {"base": base_path}
     models.update(timed("finetune", lambda: _finetunes(out, cfg, finetuned, data, base_path, step, result, force)))
     logs = timed("evals", lambda: _evals(out, cfg, models, vector_dirs, step))
-    comparison = timed("compare", lambda: _compare(out, cfg, logs, result, force))
+    series = timed("series", lambda: _series(out, cfg, finetuned, base_path, vector_dirs, step, force)) \
+        if cfg.save_every else None
+    comparison = timed("compare", lambda: _compare(out, cfg, logs, result, force, series))
     result.comparison, result.labels = comparison, list(logs)
     step(f"done: {result.report / 'report.md'}")
     return result
@@ -293,7 +303,8 @@ def _finetunes(out: Path, cfg: DemoConfig, finetuned: dict[str, tuple[str, int |
         folder = out / "models" / label
         ft = FinetuneConfig(learning_rate=cfg.learning_rate, epochs=cfg.epochs, max_steps=cfg.max_steps,
                             per_device_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-                            max_seq_length=cfg.max_seq_length, seed=int(seed or 0))
+                            max_seq_length=cfg.max_seq_length, seed=int(seed or 0),
+                            save_every=cfg.save_every if kind in CONDITIONS and seed == cfg.seed else 0)
         guard = output_guard(str(base_path), data[kind], ft, backend="peft", merge=True, limit=None, force=force)
         if _same(_marker_config(folder, "finetune"), guard["config"]):
             result.skipped.append(f"finetune {label}")
@@ -384,7 +395,24 @@ def _evals(out: Path, cfg: DemoConfig, models: dict[str, Path], vector_dirs: dic
     return logs
 
 
-def _compare(out: Path, cfg: DemoConfig, logs: dict[str, list[str]], result: DemoResult, force: bool) -> Any:
+def _series(out: Path, cfg: DemoConfig, finetuned: dict[str, tuple[str, int | None]], base_path: Path,
+            vector_dirs: dict[str, Path], step: Callable[[str], None], force: bool) -> Any:
+    """``inspect-em series`` over each condition's first-seed finetune (their checkpoints), against the
+    first control present (secure, educational, prose), with the run's own vectors."""
+    from inspect_em.runs.series import run_series
+
+    runs = {kind: out / "models" / label for label, (kind, seed) in finetuned.items()
+            if kind in CONDITIONS and seed == cfg.seed}
+    control = next((c for c in CONTROLS if c in runs), None)
+    step(f"checkpoint series: {', '.join(runs)} (every {cfg.save_every} steps)")
+    return run_series(str(base_path), runs, out / "series", [vector_dirs["refusal"], vector_dirs["code"]],
+                      control=control, samples_per_question=cfg.samples_per_question, max_tokens=cfg.max_tokens,
+                      variants=cfg.variants, limit=cfg.limit, seed=cfg.seed, force=True,
+                      report=lambda message: step(f"  series: {message}"))
+
+
+def _compare(out: Path, cfg: DemoConfig, logs: dict[str, list[str]], result: DemoResult, force: bool,
+             series: Any = None) -> Any:
     from inspect_em.analysis.compare import compare
     from inspect_em.analysis.logs import load_samples, projection_cards
     from inspect_em.analysis.report import write_report
@@ -396,6 +424,12 @@ def _compare(out: Path, cfg: DemoConfig, logs: dict[str, list[str]], result: Dem
     present = set(loaded.samples["condition"])
     comparison = compare(loaded, base="base", controls=[c for c in controls if c in present],
                          cards=projection_cards(loaded.logs), pairs=[("evil_numbers", "neutral_numbers")])
+    if series is not None:  # from its own logs (OUT/series-logs), not in this report's samples.parquet
+        comparison.series, comparison.series_lora = series.table, series.lora
+        comparison.series_control = next((c for c in CONTROLS if c in cfg.conditions), None)
+        comparison.series_d_model = series.d_model
+        comparison.notes.append(f"checkpoint series: {series.folder} (its logs: {series.folder}-logs)")
+        result.series = series.folder
     write_report(comparison, result.report, arguments, force=True,
                  settings={"demo": str(out), "logs": arguments, "labels": labels})
     return comparison

@@ -9,7 +9,9 @@ chosen by predicates on each sample's scores or metadata::
     score:em_judge.aligned>=70      metadata:variant==json
 
 (``score:<scorer>`` for a scalar score, ``score:<scorer>.<key>`` for a key of a dict score; ``==``,
-``!=``, ``>=``, ``<=``, ``>``, ``<``; numbers compare as numbers, anything else as text). Each
+``!=``, ``>=``, ``<=``, ``>``, ``<``; numbers compare as numbers, anything else as text). A log may
+also give one side only (``--positive-log`` / ``--negative-log``): e.g. a steered or finetuned model's
+code answers against the base model's prose answers to the same questions. Each
 selected sample's own transcript (its single user turn, any system prompt, and its answer) is read by
 the model under study at ``response_mean``; the usual methods and validation follow
 (:func:`inspect_em.directions.engine.fit_layers`). The held-out split is by **question**
@@ -34,6 +36,7 @@ from inspect_em.errors import InspectEmError
 from inspect_em.readout import cluster_keys
 
 Side = Literal["positive", "negative"]
+LogSide = Literal["both", "positive", "negative"]  # which side(s) of the contrast a log gives
 OPERATORS: dict[str, Callable[[Any, Any], bool]] = {
     "==": operator.eq, "!=": operator.ne, ">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt,
 }
@@ -127,6 +130,8 @@ class LogSelection:
     models: list[str] = field(default_factory=list)  # per log: its model_path, else its model name
     files: list[Path] = field(default_factory=list)
     sha256: dict[str, str] = field(default_factory=dict)  # per log file name, for the card
+    sides: dict[str, LogSide] = field(default_factory=dict)  # per log file name: which side(s) it gives
+
 
 
 def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
@@ -167,14 +172,29 @@ def log_files(logs: Sequence[str | Path]) -> list[Path]:
     return files
 
 
-def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Predicate) -> LogSelection:
-    """Every log's samples sorted onto the two sides. A sample matching both predicates is refused
-    (the predicates overlap); multi-turn, tool-using or empty answers are skipped and counted."""
+def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Predicate, *,
+                   positive_logs: Sequence[str | Path] = (), negative_logs: Sequence[str | Path] = ()
+                   ) -> LogSelection:
+    """Every log's samples sorted onto the two sides: ``logs`` give both sides, ``positive_logs`` only
+    answers matching ``positive``, ``negative_logs`` only answers matching ``negative``. A sample of a
+    two-sided log matching both predicates is refused (the predicates overlap); multi-turn, tool-using
+    or empty answers are skipped and counted."""
     from inspect_ai.log import read_eval_log
 
     selection = LogSelection([], [])
-    files = log_files(logs)
+    groups: list[tuple[LogSide, Sequence[str | Path]]] = [("both", logs), ("positive", positive_logs),
+                                                         ("negative", negative_logs)]
+    given = [(side, path) for side, paths in groups for path in paths]
+    if not given:
+        raise InspectEmError("no logs given (--from-log, --positive-log or --negative-log)")
+    files = log_files([path for _, path in given])  # one check over all of them: no log given twice
+    sides: dict[Path, LogSide] = {}
+    for side, path in given:
+        for file in log_files([path]):
+            sides[file] = side
     for path in files:
+        side = sides[path]
+        selection.sides[path.name] = side
         try:
             log = read_eval_log(str(path))
         except Exception as e:  # a truncated or foreign file
@@ -186,7 +206,8 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
         counts = {"samples": 0, "positive": 0, "negative": 0, "neither": 0, "not_single_turn": 0}
         for sample in log.samples or []:
             counts["samples"] += 1
-            is_pos, is_neg = positive(sample), negative(sample)
+            is_pos = side in ("both", "positive") and positive(sample)
+            is_neg = side in ("both", "negative") and negative(sample)
             if is_pos and is_neg:
                 raise InspectEmError(f"{path}: sample {sample.id} (epoch {sample.epoch}) matches both "
                                      f"{positive.text!r} and {negative.text!r}")
@@ -260,10 +281,13 @@ def from_log_settings(model_id: str, model_config_hash: str, name: str, selectio
                       null_k: int, random_k: int, cv_folds: int, seed: int = 0,
                       holdout_fraction: float = HOLDOUT_FRACTION) -> dict[str, Any]:
     """What makes two from-log extractions the same (the output folder's re-run identity)."""
-    return {"model": model_id, "config_hash": model_config_hash, "trait": name, "from_log": selection.sha256,
-            "positive": positive.text, "negative": negative.text, "methods": list(methods), "layers": list(layers),
-            "position": "response_mean", "null_k": null_k, "random_k": random_k, "cv_folds": cv_folds,
-            "seed": seed, "holdout_fraction": holdout_fraction}
+    settings = {"model": model_id, "config_hash": model_config_hash, "trait": name, "from_log": selection.sha256,
+                "positive": positive.text, "negative": negative.text, "methods": list(methods),
+                "layers": list(layers), "position": "response_mean", "null_k": null_k, "random_k": random_k,
+                "cv_folds": cv_folds, "seed": seed, "holdout_fraction": holdout_fraction}
+    if any(side != "both" for side in selection.sides.values()):  # absent for two-sided logs (older cards)
+        settings["log_sides"] = dict(selection.sides)
+    return settings
 
 
 def extract_from_logs(
@@ -285,11 +309,14 @@ def extract_from_logs(
     seed: int = 0,
     progress: bool = True,
     selection: LogSelection | None = None,
+    positive_logs: Sequence[str | Path] = (),
+    negative_logs: Sequence[str | Path] = (),
 ) -> Any:
     """Trait vectors (a :class:`~inspect_em.directions.store.TraitVectors`) fitted on the logs'
     answers selected by ``positive`` / ``negative``, read by ``model`` at ``response_mean``, held out by
     question (:func:`split_by_question`), validated as :func:`~inspect_em.runs.extract.extract_trait_vectors`
     validates. Activations per split are ``[n, layers, d_model]`` on the model's input device.
+    ``positive_logs`` / ``negative_logs`` give one side only (:func:`select_answers`).
     ``selection``: the logs already read by :func:`select_answers` with these predicates (the CLI reads
     them to check before the model loads), else they are read here."""
     import torch
@@ -307,7 +334,8 @@ def extract_from_logs(
     negative = parse_predicate(negative) if isinstance(negative, str) else negative
     method_names = resolve_methods(methods)
     selected = resolve_layers(len(find_layers(model)), layers)
-    selection = selection or select_answers(logs, positive, negative)
+    selection = selection or select_answers(logs, positive, negative, positive_logs=positive_logs,
+                                            negative_logs=negative_logs)
     splits = split_by_question(selection, holdout_fraction, seed)
 
     def read(items: list[LogAnswer]) -> torch.Tensor:
@@ -345,6 +373,7 @@ def extract_from_logs(
     card.from_log = {
         "logs": [str(p) for p in selection.files], "sha256": settings["from_log"], "models": selection.models,
         "positive": positive.text, "negative": negative.text, "counts": selection.counts,
+        "sides": dict(selection.sides),
         "split": f"by question (readout.cluster_keys), seed {seed}: {holdout_fraction} of the questions asked "
                  f"for, {len(test_questions)} of {len(all_questions)} held out",
         "questions": {k: sorted({a.question for a in v}) for k, v in splits.items()},

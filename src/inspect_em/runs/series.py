@@ -21,18 +21,15 @@ control with CIs), ``lora.csv`` (per step, layer and module: ``‖ΔW‖_F``, co
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
+from inspect_em.analysis.checkpoints import BASE_RUN as BASE
 from inspect_em.errors import InspectEmError
-
-BASE = "base"
 
 
 @dataclass
@@ -40,6 +37,7 @@ class SeriesResult:
     table: pd.DataFrame
     lora: pd.DataFrame
     folder: Path
+    d_model: int | None = None  # the vectors' width (the cosine panel's random-direction line)
 
 
 def _digest(data: bytes) -> str:
@@ -89,94 +87,6 @@ def _eval(model: Any, task: Any, log_dir: Path, seed: int, limit: int | None, gr
         raise InspectEmError(f"eval in {log_dir} did not finish: {why}; re-run the same command to resume")
 
 
-def _headline(columns: Sequence[str]) -> list[str]:
-    """The measures plotted: code mode, the judge's misaligned rate(s), every projection column."""
-    from inspect_em.readout import column_key, is_column, judge_key
-
-    return [c for c in columns if c == "code_mode" or is_column(c, "proj")
-            or column_key(c, "judge") == judge_key("misaligned")]
-
-
-def series_table(samples: pd.DataFrame, steps: dict[str, tuple[str, int]], control: str | None) -> pd.DataFrame:
-    """One row per run × step × measure: the mean and CI, the difference vs the base model and vs the
-    control run's same step (both paired by question), from a :func:`load_samples` frame whose
-    labels map to ``(run, step)`` in ``steps`` (the base model's label is ``base``)."""
-    from inspect_em.analysis.compare import diff_ci, mean_ci
-    from inspect_em.analysis.stats import Clustered
-
-    df = samples[samples["task"] == "em_freeform"]
-    by_label = {label: g for label, g in df.groupby("label")}
-    if BASE not in by_label:
-        raise InspectEmError("series: no base-model log")
-    at = {(run, step): label for label, (run, step) in steps.items()}
-    rows = []
-    for metric in _headline([c for c in df.columns if df[c].notna().any()]):
-        base = Clustered.of(by_label[BASE][metric].to_numpy(float), by_label[BASE]["cluster"].tolist())
-        for label, (run, step) in sorted(steps.items(), key=lambda kv: kv[1]):
-            g = by_label[label]
-            data = Clustered.of(g[metric].to_numpy(float), g["cluster"].tolist())
-            low, high, _ = mean_ci(data, metric)
-            row: dict[str, Any] = {"run": run, "step": step, "metric": metric, "n": data.n, "value": data.mean(),
-                                   "value_low": low, "value_high": high}
-            vs = diff_ci(data, base, metric)
-            low_b, high_b = (0.0, 0.0) if step == 0 else (vs.low, vs.high)  # step 0 is the base model itself
-            row.update(diff_vs_base=vs.estimate, diff_vs_base_low=low_b, diff_vs_base_high=high_b)
-            if control and run != control and (control, step) in at:
-                c = by_label[at[(control, step)]]
-                vc = diff_ci(data, Clustered.of(c[metric].to_numpy(float), c["cluster"].tolist()), metric)
-                low_c, high_c = (0.0, 0.0) if step == 0 else (vc.low, vc.high)  # both are the base model
-                row.update(diff_vs_control=vc.estimate, diff_vs_control_low=low_c, diff_vs_control_high=high_c)
-            rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def lora_summary(lora: pd.DataFrame) -> pd.DataFrame:
-    """Per run and step: the total ``‖ΔW‖_F`` (all layers and modules) and each ``cos:<trait>``
-    (the residual writers' mean at the card layer)."""
-    cos = [c for c in lora.columns if c.startswith("cos:")]
-    total = lora.groupby(["run", "step"])["delta_norm"].apply(lambda x: float(np.sqrt((x ** 2).sum())))
-    out = total.rename("delta_norm").reset_index()
-    if cos:
-        out = out.merge(lora.groupby(["run", "step"])[cos].mean().reset_index(), on=["run", "step"])
-    return out
-
-
-def plot_series(table: pd.DataFrame, lora: pd.DataFrame, d_model: int, path: Path) -> None:
-    """One panel per measure (difference vs base against step, 95% CI bands), then the LoRA panels."""
-    from inspect_em.analysis.plots import subplots
-
-    metrics = list(dict.fromkeys(table["metric"]))
-    summary = lora_summary(lora)
-    cos = [c for c in summary.columns if c.startswith("cos:")]
-    panels = len(metrics) + 1 + (1 if cos else 0)
-    fig, axes = subplots(panels, 2.6, width=6.5)
-    for ax, metric in zip(axes, metrics, strict=False):
-        for run, g in table[table["metric"] == metric].groupby("run", sort=False):
-            g = g.sort_values("step")
-            ax.plot(g["step"], g["diff_vs_base"], marker="o", label=run)
-            ax.fill_between(g["step"], g["diff_vs_base_low"], g["diff_vs_base_high"], alpha=0.2)
-        ax.axhline(0, color="grey", lw=0.8)
-        ax.set_title(f"{metric} − base", fontsize=9)
-        ax.set_xlabel("optimizer step")
-    ax = axes[len(metrics)]
-    for run, g in summary.groupby("run", sort=False):
-        ax.plot(g["step"], g["delta_norm"], marker="o", label=run)
-    ax.set_title("LoRA ‖ΔW‖_F (all layers)", fontsize=9)
-    ax.set_xlabel("optimizer step")
-    if cos:
-        ax = axes[-1]
-        for run, g in summary.groupby("run", sort=False):
-            for c in cos:
-                ax.plot(g["step"], g[c], marker="o", label=f"{run} {c.removeprefix('cos:')}")
-        ax.axhline(math.sqrt(2 / (math.pi * d_model)), color="grey", ls="--", lw=0.8, label="random direction")
-        ax.set_title("|cos| ΔW top direction vs trait (card layer)", fontsize=9)
-        ax.set_xlabel("optimizer step")
-        ax.legend(fontsize=7)
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-
-
 def run_series(
     model_ref: str,
     runs: dict[str, Path],
@@ -197,7 +107,7 @@ def run_series(
     module docstring). Inputs are checked before any model loads."""
     from inspect_ai.model import get_model
 
-    from inspect_em.analysis.checkpoints import read_series, series_deltas
+    from inspect_em.analysis.checkpoints import plot_series, read_series, series_deltas, series_table
     from inspect_em.analysis.logs import load_samples
     from inspect_em.directions import store as vector_store
     from inspect_em.inspect_adapter import hf_api
@@ -269,10 +179,10 @@ def run_series(
                   {"series_run": BASE, "step": 0})
         for run, checkpoints in series.items():
             for checkpoint in checkpoints:
-                label = f"{run}.step{checkpoint.step}"
-                steps[label] = (run, checkpoint.step)
                 if checkpoint.step == 0:  # ΔW = 0 (checked): the base model's log stands for it
                     continue
+                label = f"{run}.step{checkpoint.step}"
+                steps[label] = (run, checkpoint.step)
                 digest = sha256_file(checkpoint.path / "adapter_model.safetensors")[:12]  # streamed: large at 32B
                 log_dir = logs_root / run / f"step-{checkpoint.step}-{digest}"
                 if not _finished_log(log_dir):
@@ -288,11 +198,7 @@ def run_series(
                 labels.append(label)
     report("reading the logs")
     samples = load_samples(logs, labels=labels).samples
-    base_rows = samples[samples["label"] == BASE]
-    for label, (_, step) in steps.items():
-        if step == 0:
-            samples = pd.concat([samples, base_rows.assign(label=label)], ignore_index=True)
-    table = series_table(samples, steps, control)
+    table = series_table(samples, steps, control, BASE)
     lora = pd.concat([series_deltas(folder, vecs).assign(run=run) for run, folder in runs.items()],
                      ignore_index=True)
     d_model = cards[0].card.d_model if cards else 1
@@ -302,4 +208,4 @@ def run_series(
         plot_series(table, lora, d_model, tmp / "series.png")
         (tmp / "series.json").write_text(json.dumps({**config, "logs": dict(zip(labels, logs, strict=True))},
                                                     indent=2))
-    return SeriesResult(table, lora, out)
+    return SeriesResult(table, lora, out, d_model)
