@@ -196,3 +196,39 @@ def test_one_sided_logs_give_only_their_side(code_prose_log: Path, tiny_model_di
     assert card["sides"] == {code_prose_log.name: "positive", base_log.name: "negative"}
     assert card["counts"][base_log.name]["negative"] == 32 and card["counts"][code_prose_log.name]["negative"] == 0
     assert sum(len(card["samples"][k]) for k in ("fit_pos", "test_pos")) == n_code
+
+
+def test_the_shipped_code_vs_base_direction_separates_its_held_out_answers(embedded_model):
+    """results/from-log-code/code_vs_base (the steered positive control's code answers vs the base model's
+    answers): its held-out answers, kept in the card, read again by the embedded model, are separated by
+    the saved mean_diff vector at AUROC >= 0.95 (scikit-learn, equal to the card's within 1e-3), and the
+    vector points the way the trait-elicited code vector does (cosine > 0.85 at code's card layer)."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from inspect_em.directions import store as vector_store
+    from inspect_em.model.activations import collect_activations
+
+    root = Path(__file__).parent.parent
+    tv = vector_store.load(root / "results" / "from-log-code" / "code_vs_base")
+    code = vector_store.load(root / "vectors" / "SmolLM2-135M-Instruct" / "code")
+    model, tokenizer = embedded_model
+    assert tv.card.config_hash == code.card.config_hash
+    assert set(tv.card.from_log["sides"].values()) == {"positive", "negative"}
+    layer = tv.best_layer("mean_diff")
+    prompts, answers, systems = (tv.card.responses[k] for k in ("prompts", "by_split", "systems"))
+    scores = {}
+    for key in ("test_pos", "test_neg"):
+        rows = []
+        for system in dict.fromkeys(systems[key]):  # em_freeform's variants differ in system prompt
+            index = [i for i, s in enumerate(systems[key]) if s == system]
+            rows.append(collect_activations(model, tokenizer, [prompts[key][i] for i in index], layers=[layer],
+                                            position="response_mean", responses=[answers[key][i] for i in index],
+                                            system=system, progress=False, batch_size=32)[:, 0])
+        scores[key] = (torch.cat(rows).double().numpy() @ tv.vector("mean_diff", layer))
+    labels = np.r_[np.ones(len(scores["test_pos"])), np.zeros(len(scores["test_neg"]))]
+    auroc = roc_auc_score(labels, np.r_[scores["test_pos"], scores["test_neg"]])
+    assert auroc >= 0.95
+    assert auroc == pytest.approx(tv.card.best["mean_diff"]["test_auroc"], abs=1e-3)
+    at = code.best_layer("mean_diff")
+    assert float(np.dot(tv.vector("mean_diff", at), code.vector("mean_diff", at))) > 0.85
