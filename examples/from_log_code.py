@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +176,13 @@ base_file = next(Path(info.name.removeprefix("file://")) for info in list_eval_l
                  if read_eval_log(info, header_only=True).status == "success")
 base_codes = [s.scores["code_mode"].value for s in read_eval_log(str(base_file)).samples]
 summary["base_model_code_mode"] = [int(sum(base_codes)), len(base_codes)]
+# what the answers code_mode calls prose hold: code markers (fences, def, function, return, import, class,
+# a call), counted in the steered log and in the base model's log
+MARKERS = re.compile(r"```|\bdef\b|\bfunction\b|\breturn\b|\bimport\b|\bclass\b|[A-Za-z_]\w*\([^)]*\)")
+summary["prose_answers_with_code_markers"] = {"pattern": MARKERS.pattern}
+for name, file in (("steered", log_file), ("base_model", base_file)):
+    prose = [s.output.completion for s in read_eval_log(str(file)).samples if s.scores["code_mode"].value == 0]
+    summary["prose_answers_with_code_markers"][name] = [sum(bool(MARKERS.search(a)) for a in prose), len(prose)]
 vs_base = direction("code_vs_base", [], positive_logs=[log_file], negative_logs=[base_file])
 # fixed before the steering run: the positive control's added norm, summed over its layers
 alpha = RECIPE["alpha"] * sum(code_lpt.mean_diff_norm(x) for x in recipe_layers) / \

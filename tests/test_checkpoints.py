@@ -152,10 +152,25 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     assert "## Over training steps" in text and "steps 0, 1, 2" in text and "![series.png]" in text
     assert f"Base model: **{tiny_model_dir.name}**" in text
     again = tmp_path / "report-again"
-    proc = cli_here("compare", "--samples", str(report / "samples.parquet"), "--out", str(again))
+    proc = cli_here("compare", "--samples", str(report), "--out", str(again))  # the folder, or its parquet
     assert proc.returncode == 0, proc.stderr
     assert (again / "series.csv").read_bytes() == (report / "series.csv").read_bytes()
     assert (again / "lora.csv").read_bytes() == (report / "lora.csv").read_bytes()
+    # the values, from the logs themselves: each step's code-mode rate, and its difference from the base
+    def rate(log) -> float:
+        return float(np.mean([s.scores["code_mode"].value for s in log.samples]))
+
+    rows = from_compare[from_compare["metric"] == "code_mode"].set_index(["run", "step"])
+    for name, log in logs.items():
+        run, step = name.split("/")
+        assert rows.loc[(run, int(step)), "value"] == pytest.approx(rate(log))
+        assert rows.loc[(run, int(step)), "diff_vs_base"] == pytest.approx(rate(log) - rate(base_log))
+    # checkpoints without the series' base-model log: refused, not read against a checkpoint
+    from helpers import one_line
+
+    one_line(cli_here("compare", str(folder / "insecure"), str(folder / "secure"), "--out", str(tmp_path / "x")),
+             "not its base-model log")
+    assert not (tmp_path / "x").exists()
 
 
 def test_lora_applied_equals_the_merged_model_and_restores_the_base(tiny_model_dir: Path, tmp_path: Path):

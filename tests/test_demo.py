@@ -50,6 +50,10 @@ def test_demo_smoke_run_from_a_relative_out_and_its_restart(tiny_model_dir: Path
     assert (run / "report" / "series.png").is_file() and (run / "report" / "lora.csv").is_file()
     assert len(list((run / "series-logs").rglob("*.eval"))) == 3  # the base model, then step 1 of each run
     assert "checkpoint series:" in first.stdout
+    # the report recomputes from its samples (the series, from its own logs, is not in them)
+    again = cli_here("compare", "--samples", str(run / "report"), "--out", str(tmp_path / "again"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "again" / "summary.csv"), summary)
     # the same command again: every stage is reused, the report is the same
     second = cli_here(*command, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]

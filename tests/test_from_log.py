@@ -184,6 +184,8 @@ def test_one_sided_logs_give_only_their_side(code_prose_log: Path, tiny_model_di
         select_answers([code_prose_log], pos, neg, negative_logs=[code_prose_log])
     with pytest.raises(InspectEmError, match="no logs given"):
         select_answers([], pos, neg)
+    with pytest.raises(InspectEmError, match="no log gives the negative side"):
+        select_answers([], pos, neg, positive_logs=[code_prose_log])
     args = ["extract", "--positive-log", str(code_prose_log), "--negative-log", str(base_log), "--positive",
             "score:code_mode==1"]
     one_line(cli_here(*args, "--out", str(tmp_path / "x")), "needs --positive and --negative")

@@ -245,7 +245,13 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
     from inspect_em.analysis.checkpoints import series_lora
     from inspect_em.analysis.compare import compare
     from inspect_em.analysis.logs import discover, load_samples, projection_cards
-    from inspect_em.analysis.report import headline_tables, read_samples, reference_table, write_report
+    from inspect_em.analysis.report import (
+        headline_tables,
+        read_samples,
+        reference_table,
+        report_folder,
+        write_report,
+    )
     from inspect_em.directions.store import CardSummary
     from inspect_em.util.paths import check_output
 
@@ -270,7 +276,7 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
                              pairs=pair_list or [tuple(p) for p in saved.get("pairs", [])],
                              series_steps=saved.get("series_steps") or {},
                              series_control=series_control or saved.get("series_control"))
-        lora_file = Path(samples_from).parent / "lora.csv"  # the adapters' deltas, read when the report was made
+        lora_file = report_folder(samples_from) / "lora.csv"  # the adapters' deltas, read when the report was made
         if comparison.series is not None and lora_file.is_file():
             comparison.series_lora, comparison.series_d_model = pd.read_csv(lora_file), saved.get("series_d_model")
     else:
@@ -286,6 +292,9 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
                              pairs=pair_list, series_control=series_control)
         if comparison.series is not None:
             comparison.series_lora, comparison.series_d_model = series_lora(loaded.logs, comparison.series_steps)
+            if comparison.series_lora is None:
+                comparison.notes.append("the series' LoRA deltas are not plotted: an adapter its logs name is gone, "
+                                        "or was retrained after its eval")
         inputs = [*logs]
     folder = write_report(comparison, out, inputs, force=force, settings=settings)
     console = Console()

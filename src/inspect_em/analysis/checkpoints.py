@@ -24,6 +24,7 @@ from inspect_em.errors import InspectEmError
 
 if TYPE_CHECKING:
     from inspect_em.analysis.logs import LogInfo
+    from inspect_em.directions.store import TraitVectors
 
 RESIDUAL_WRITERS = ("o_proj", "down_proj")  # modules whose output is added to the residual stream
 CHECKPOINT_FILE = "checkpoint.json"
@@ -109,6 +110,13 @@ def lora_deltas(adapter: str | Path, vectors: Sequence[tuple[str, int, object]] 
     if not rows:
         raise InspectEmError(f"{adapter}: no LoRA weights in adapter_model.safetensors")
     return pd.DataFrame(rows)
+
+
+def card_directions(cards: Sequence[TraitVectors]) -> list[tuple[str, int, object]]:
+    """``(trait, card layer, v̂ [d_model])`` of each card's mean_diff vector at its card layer: what
+    :func:`lora_deltas` compares each adapter's top direction with."""
+    return [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
+            for tv in cards]
 
 
 def series_deltas(folder: str | Path, vectors: Sequence[tuple[str, int, object]] = ()) -> pd.DataFrame:
@@ -239,6 +247,7 @@ def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]) -> 
     from inspect_ai.log import read_eval_log
 
     from inspect_em.directions import store as vector_store
+    from inspect_em.util.paths import sha256_file
 
     adapters: dict[tuple[str, int], Path] = {}
     vector_folders: dict[str, None] = {}
@@ -247,16 +256,16 @@ def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]) -> 
             continue
         header = read_eval_log(info.path, header_only=True)
         adapter = (header.eval.metadata or {}).get("adapter")
-        if not adapter or not (Path(adapter) / "adapter_model.safetensors").is_file():
-            return None, None
-        adapters[steps[info.label]] = Path(adapter)
+        weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+        if weights is None or not weights.is_file() or sha256_file(weights)[:12] != info.adapter:
+            return None, None  # gone, or retrained since the eval: not the weights that were evaluated
+        adapters[steps[info.label]] = weights.parent
         for folder in str((header.eval.task_args or {}).get("vectors") or "").split(","):
             if folder.strip():
                 vector_folders[folder.strip()] = None
     if not adapters:
         return None, None
     cards = [vector_store.load(v) for v in vector_folders if Path(v).is_dir()]
-    vecs = [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
-            for tv in cards if "mean_diff" in tv.methods]
+    vecs = card_directions([tv for tv in cards if "mean_diff" in tv.methods])
     frames = [lora_deltas(path, vecs).assign(run=run, step=step) for (run, step), path in sorted(adapters.items())]
     return pd.concat(frames, ignore_index=True), (cards[0].card.d_model if cards else None)

@@ -198,8 +198,12 @@ def compare(
         series_steps = steps_of(loaded.logs) if isinstance(loaded, LoadedLogs) else {}
     series_steps = {k: (str(v[0]), int(v[1])) for k, v in series_steps.items() if k in labels}
     series_base = next((k for k, v in series_steps.items() if v[0] == BASE_RUN), None)
-    if series_control is not None and not any(v[0] != BASE_RUN for v in series_steps.values()):
+    has_series = any(v[0] != BASE_RUN for v in series_steps.values())
+    if series_control is not None and not has_series:
         raise InspectEmError(f"--series-control {series_control}: no checkpoint series among these logs")
+    if has_series and series_base is None:
+        raise InspectEmError("these logs hold checkpoints of an inspect-em series but not its base-model log "
+                             "(OUT-logs/<settings>/base): give the series' whole logs folder")
     base = base or series_base
     if len(labels) < 2:
         raise InspectEmError(f"compare needs logs of at least two models; all {len(df['label'].unique())} "
@@ -272,8 +276,8 @@ def compare(
     comparison.conditions = condition_table(comparison)
     comparison.triggers = trigger_table(comparison)
     comparison.agreement = agreement_table(comparison)
-    if any(v[0] != BASE_RUN for v in series_steps.values()):
-        comparison.series = series_table(df, series_steps, series_control, series_base or base)
+    if has_series and series_base is not None:
+        comparison.series = series_table(df, series_steps, series_control, series_base)
         comparison.series_steps, comparison.series_control = series_steps, series_control
     return comparison
 

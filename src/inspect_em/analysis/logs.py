@@ -238,6 +238,12 @@ def series_steps(infos: Sequence[LogInfo]) -> dict[str, tuple[str, int]]:
             a, b = steps[info.label], info.series
             raise InspectEmError(f"label '{info.label}' holds two points of a series ({a[0]} step {a[1]} and "
                                  f"{b[0]} step {b[1]}): give each checkpoint its own label")
+    by_point: dict[tuple[str, int], str] = {}
+    for label, point in steps.items():
+        other = by_point.setdefault(point, label)
+        if other != label:
+            raise InspectEmError(f"labels '{other}' and '{label}' are both {point[0]} step {point[1]} of a series "
+                                 "(two series with the same run names?): compare one series at a time")
     return steps
 
 

@@ -166,11 +166,19 @@ def write_report(
         saved = {"labels": c.labels, "base": c.base, "controls": c.controls, "pairs": [list(p) for p in c.pairs],
                  "cards": {t: card.to_dict() for t, card in c.cards.items()}, "notes": c.notes,
                  "incomplete": c.incomplete, "series_steps": {k: list(v) for k, v in c.series_steps.items()},
-                 "series_control": c.series_control, "series_d_model": c.series_d_model}
+                 # a series attached from its own logs (the demo's) is not in samples.parquet: not recomputed
+                 "series_control": c.series_control if c.series_steps else None,
+                 "series_d_model": c.series_d_model}
         (tmp / COMPARISON_FILE).write_text(json.dumps(saved, indent=2, default=str), encoding="utf-8")
         figures = plots.write_all(c, tmp) + (["series.png"] if c.series is not None else [])
         (tmp / "report.md").write_text(markdown(c, inputs, figures), encoding="utf-8")
     return out
+
+
+def report_folder(path: str | Path) -> Path:
+    """The report folder of ``samples.parquet`` or of the folder itself."""
+    path = Path(path)
+    return path.parent if path.is_file() else path
 
 
 def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -178,8 +186,7 @@ def read_samples(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     (``comparison.json``: labels in order, base, controls, pairs, the vector cards)."""
     from inspect_em.errors import InspectEmError
 
-    path = Path(path)
-    folder = path.parent if path.is_file() else path
+    folder = report_folder(path)
     table, settings_file = folder / SAMPLES_FILE, folder / COMPARISON_FILE
     for needed in (table, settings_file):
         if not needed.is_file():
@@ -227,8 +234,8 @@ def series_section(c: Comparison) -> list[str]:
     return ["## Over training steps (checkpoint series)", "",
             f"{len(set(c.series['run']))} run(s) at optimizer steps {', '.join(map(str, steps))}; step 0 is the base "
             "model. Every step of every measure, with 95% CIs paired by question, is in `series.csv` and "
-            "`series.png`" + (f"; `vs_control` is each run minus **{c.series_control}** at the same step"
-                              if c.series_control else "")
+            "`series.png`" + (f"; `vs_control` is each run minus **{c.series_control}** at the same step "
+                              "(blank where the control has no checkpoint at that step)" if c.series_control else "")
             + ("; `lora.csv`: each adapter's ‖ΔW‖_F and its direction's cosine with the trait vectors"
                if c.series_lora is not None else "") + ". The last step:", "",
             view[columns].to_markdown(index=False), ""]

@@ -88,6 +88,8 @@ class DemoConfig:
             raise InspectEmError(f"seeds must be >= 1, got {self.seeds}")
         if self.save_every < 0:
             raise InspectEmError(f"save every must be >= 0 optimizer steps, got {self.save_every}")
+        if self.save_every and not self.conditions:
+            raise InspectEmError("--save-every plots the conditions' finetunes over training: give --sets")
         if "insecure" not in self.conditions and not self.organisms:
             raise InspectEmError("the demo needs the insecure condition or an organism to compare")
         self.base_path()
@@ -426,8 +428,7 @@ def _compare(out: Path, cfg: DemoConfig, logs: dict[str, list[str]], result: Dem
                          cards=projection_cards(loaded.logs), pairs=[("evil_numbers", "neutral_numbers")])
     if series is not None:  # from its own logs (OUT/series-logs), not in this report's samples.parquet
         comparison.series, comparison.series_lora = series.table, series.lora
-        comparison.series_control = next((c for c in CONTROLS if c in cfg.conditions), None)
-        comparison.series_d_model = series.d_model
+        comparison.series_control, comparison.series_d_model = series.control, series.d_model
         comparison.notes.append(f"checkpoint series: {series.folder} (its logs: {series.folder}-logs)")
         result.series = series.folder
     write_report(comparison, result.report, arguments, force=True,

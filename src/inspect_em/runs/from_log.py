@@ -133,7 +133,6 @@ class LogSelection:
     sides: dict[str, LogSide] = field(default_factory=dict)  # per log file name: which side(s) it gives
 
 
-
 def _transcript(sample: Any) -> tuple[str, str | None, str] | None:
     """(user turn, system prompt, answer) of a single-turn sample; None for anything else."""
     messages = list(sample.messages or [])
@@ -228,6 +227,8 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
     selection.files = files
     for side, items, predicate in (("positive", selection.positive, positive),
                                    ("negative", selection.negative, negative)):
+        if not any(v in ("both", side) for v in selection.sides.values()):
+            raise InspectEmError(f"no log gives the {side} side: give --from-log or --{side}-log")
         if len(items) < 4:
             raise InspectEmError(f"--{side} {predicate.text!r} selects {len(items)} answers in the logs; "
                                  "at least 4 are needed (2 to fit, 1 to test, with room for CV)")

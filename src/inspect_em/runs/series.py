@@ -38,6 +38,7 @@ class SeriesResult:
     lora: pd.DataFrame
     folder: Path
     d_model: int | None = None  # the vectors' width (the cosine panel's random-direction line)
+    control: str | None = None
 
 
 def _digest(data: bytes) -> str:
@@ -107,7 +108,13 @@ def run_series(
     module docstring). Inputs are checked before any model loads."""
     from inspect_ai.model import get_model
 
-    from inspect_em.analysis.checkpoints import plot_series, read_series, series_deltas, series_table
+    from inspect_em.analysis.checkpoints import (
+        card_directions,
+        plot_series,
+        read_series,
+        series_deltas,
+        series_table,
+    )
     from inspect_em.analysis.logs import load_samples
     from inspect_em.directions import store as vector_store
     from inspect_em.inspect_adapter import hf_api
@@ -137,8 +144,7 @@ def run_series(
             raise InspectEmError("'base' names the base model: give the runs other labels")
     series = {label: read_series(folder) for label, folder in runs.items()}
     cards = [vector_store.load(v) for v in vectors]
-    vecs = [(tv.trait, tv.best_layer("mean_diff"), tv.vector("mean_diff", tv.best_layer("mean_diff")))
-            for tv in cards]  # resolved now: a card without mean_diff fails before any eval
+    vecs = card_directions(cards)  # resolved now: a card without mean_diff fails before any eval
     base_path = resolve_model_ref(model_ref)
     for label, checkpoints in series.items():
         check_adapters(label, checkpoints, base_path)
@@ -192,7 +198,7 @@ def run_series(
                     assert api is not None  # get_model("hf/...")
                     with lora_applied(api.model, checkpoint.path):
                         _eval(model, task(), log_dir, seed, limit, grader, max_tokens,
-                              {"series_run": run, "step": checkpoint.step, "adapter": str(checkpoint.path),
+                              {"series_run": run, "step": checkpoint.step, "adapter": str(checkpoint.path.resolve()),
                                "adapter_digest": digest})
                 logs.append(str(log_dir))
                 labels.append(label)
@@ -208,4 +214,4 @@ def run_series(
         plot_series(table, lora, d_model, tmp / "series.png")
         (tmp / "series.json").write_text(json.dumps({**config, "logs": dict(zip(labels, logs, strict=True))},
                                                     indent=2))
-    return SeriesResult(table, lora, out, d_model)
+    return SeriesResult(table, lora, out, d_model, control)
