@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -278,7 +279,9 @@ def lora_applied(model: Any, adapter: Path) -> Iterator[Any]:
     had_peft_config = hasattr(model, "peft_config")
     wrapped = None
     try:
-        wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
+        with warnings.catch_warnings():  # peft asks transformers 5 a deprecated name, once per checkpoint
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+            wrapped = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
         yield wrapped
     finally:
         if wrapped is not None:
