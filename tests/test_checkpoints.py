@@ -156,15 +156,45 @@ def test_series_end_to_end_on_a_tiny_model(tiny_model_dir: Path, tiny_vectors: l
     assert proc.returncode == 0, proc.stderr
     assert (again / "series.csv").read_bytes() == (report / "series.csv").read_bytes()
     assert (again / "lora.csv").read_bytes() == (report / "lora.csv").read_bytes()
-    # the values, from the logs themselves: each step's code-mode rate, and its difference from the base
-    def rate(log) -> float:
-        return float(np.mean([s.scores["code_mode"].value for s in log.samples]))
+    # the values, from the logs themselves: each step's mean projection (they differ by checkpoint), and
+    # its difference from the base model's
+    (metric,) = [m for m in from_compare["metric"].unique() if m.startswith("proj:code/")]
+    key = metric.removeprefix("proj:")
 
-    rows = from_compare[from_compare["metric"] == "code_mode"].set_index(["run", "step"])
+    def mean(log) -> float:
+        return float(np.mean([s.scores["trait_projection"].value[key] for s in log.samples]))
+
+    rows = from_compare[from_compare["metric"] == metric].set_index(["run", "step"])
     for name, log in logs.items():
         run, step = name.split("/")
-        assert rows.loc[(run, int(step)), "value"] == pytest.approx(rate(log))
-        assert rows.loc[(run, int(step)), "diff_vs_base"] == pytest.approx(rate(log) - rate(base_log))
+        assert rows.loc[(run, int(step)), "value"] == pytest.approx(mean(log), rel=1e-5)  # %.6g in the CSV
+        assert rows.loc[(run, int(step)), "diff_vs_base"] == pytest.approx(mean(log) - mean(base_log), rel=1e-5)
+    assert len({round(mean(log), 6) for log in logs.values()}) == len(logs)  # four different checkpoints
+    # an adapter retrained after its eval (its digest no longer the log's): no LoRA table, and a note
+    from inspect_em.analysis.checkpoints import series_lora
+    from inspect_em.analysis.logs import series_steps
+
+    infos = read_logs([folder])
+    steps = series_steps(infos)
+    table_again, _, notes = series_lora(infos, steps)
+    assert table_again is not None and not notes
+    for info in infos:
+        info.adapter = "0" * 12 if info.adapter else None
+    assert series_lora(infos, steps)[0] is None and "retrained after its eval" in series_lora(infos, steps)[2][0]
+    # two labels for one point of a series are refused
+    twice = read_logs([folder])
+    twice[0].series, twice[1].series = ("insecure", 1), ("insecure", 1)
+    with pytest.raises(InspectEmError, match="both insecure step 1"):
+        series_steps(twice)
+    # a checkpoint retrained (here: a log folder of a digest no run has now) loses its old logs when the
+    # series runs again; other folders are left alone
+    stale, other = folder / "insecure" / "step-1-0123456789ab", folder / "insecure" / "notes"
+    shutil.copytree(next((folder / "insecure").glob("step-1-*")), stale)
+    other.mkdir()
+    run_series(str(tiny_model_dir), runs, out, [tiny_vectors[1]], control="secure", samples_per_question=1,
+               max_tokens=4, limit=2, report=lambda _: None)
+    assert not stale.exists() and other.is_dir()
+    assert len(list((tmp_path / "series-logs").rglob("*.eval"))) == 5
     # checkpoints without the series' base-model log: refused, not read against a checkpoint
     from helpers import one_line
 

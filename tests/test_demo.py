@@ -83,6 +83,8 @@ def test_positive_control_steering_is_configurable_and_checked_up_front(tmp_path
         DemoConfig(steer_layer="x").check()
     with pytest.raises(InspectEmError, match="needs a steer alpha"):
         DemoConfig(steer_layer="12,14").check()
+    with pytest.raises(InspectEmError, match="--save-every plots the conditions"):
+        DemoConfig(conditions=(), organisms=("backdoor",), save_every=1).check()
     cfg = DemoConfig(steer_vectors=str(shipped / "code.last_prompt_token"), steer_layer="12,14,16,18",
                      steer_alpha=0.4)
     cfg.check()

@@ -279,6 +279,8 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
         lora_file = report_folder(samples_from) / "lora.csv"  # the adapters' deltas, read when the report was made
         if comparison.series is not None and lora_file.is_file():
             comparison.series_lora, comparison.series_d_model = pd.read_csv(lora_file), saved.get("series_d_model")
+        elif comparison.series is not None:
+            comparison.notes.append(f"the series' LoRA deltas are not plotted: no lora.csv beside {samples_from}")
     else:
         found = [f for files in discover(logs) for f in files]
         settings = {"logs": list(logs), "labels": list(labels), "base": base, "controls": list(controls),
@@ -291,10 +293,9 @@ def compare_cmd(logs: tuple[str, ...], out: Path, labels: tuple[str, ...], base:
         comparison = compare(loaded, base=base, controls=controls, cards=projection_cards(loaded.logs),
                              pairs=pair_list, series_control=series_control)
         if comparison.series is not None:
-            comparison.series_lora, comparison.series_d_model = series_lora(loaded.logs, comparison.series_steps)
-            if comparison.series_lora is None:
-                comparison.notes.append("the series' LoRA deltas are not plotted: an adapter its logs name is gone, "
-                                        "or was retrained after its eval")
+            comparison.series_lora, comparison.series_d_model, lora_notes = series_lora(loaded.logs,
+                                                                                        comparison.series_steps)
+            comparison.notes += lora_notes
         inputs = [*logs]
     folder = write_report(comparison, out, inputs, force=force, settings=settings)
     console = Console()

@@ -240,10 +240,12 @@ def plot_series(table: pd.DataFrame, lora: pd.DataFrame | None, d_model: int | N
     fig.savefig(path, dpi=120)
 
 
-def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]) -> tuple[pd.DataFrame | None, int | None]:
+def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]
+                ) -> tuple[pd.DataFrame | None, int | None, list[str]]:
     """:func:`lora_deltas` of the adapters the series' logs name (eval metadata ``adapter``), with the
-    cosines against the vectors their em_freeform task projected on (``-T vectors=``), and ``d_model``;
-    ``(None, None)`` when any adapter is no longer on disk (the report then plots behaviour only)."""
+    cosines against the vectors their em_freeform task projected on (``-T vectors=``), ``d_model``, and
+    notes on what could not be read: no table when an adapter is gone or was retrained after its eval
+    (its digest differs from the log's), no cosine with a vector folder that is gone."""
     from inspect_ai.log import read_eval_log
 
     from inspect_em.directions import store as vector_store
@@ -258,14 +260,17 @@ def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]) -> 
         adapter = (header.eval.metadata or {}).get("adapter")
         weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
         if weights is None or not weights.is_file() or sha256_file(weights)[:12] != info.adapter:
-            return None, None  # gone, or retrained since the eval: not the weights that were evaluated
+            return None, None, [f"the series' LoRA deltas are not plotted: {info.label}'s adapter ({adapter}) is "
+                                "gone, or was retrained after its eval"]
         adapters[steps[info.label]] = weights.parent
         for folder in str((header.eval.task_args or {}).get("vectors") or "").split(","):
             if folder.strip():
                 vector_folders[folder.strip()] = None
     if not adapters:
-        return None, None
-    cards = [vector_store.load(v) for v in vector_folders if Path(v).is_dir()]
+        return None, None, []
+    missing = [v for v in vector_folders if not Path(v).is_dir()]
+    cards = [vector_store.load(v) for v in vector_folders if v not in missing]
     vecs = card_directions([tv for tv in cards if "mean_diff" in tv.methods])
     frames = [lora_deltas(path, vecs).assign(run=run, step=step) for (run, step), path in sorted(adapters.items())]
-    return pd.concat(frames, ignore_index=True), (cards[0].card.d_model if cards else None)
+    notes = [f"no cosine with {v}: the vector folder the series' logs name is not here" for v in missing]
+    return pd.concat(frames, ignore_index=True), (cards[0].card.d_model if cards else None), notes

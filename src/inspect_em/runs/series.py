@@ -88,6 +88,19 @@ def _eval(model: Any, task: Any, log_dir: Path, seed: int, limit: int | None, gr
         raise InspectEmError(f"eval in {log_dir} did not finish: {why}; re-run the same command to resume")
 
 
+def _prune_stale(logs_root: Path, runs: Sequence[str], current: set[Path], report: Callable[[str], None]) -> None:
+    """Remove the logs of checkpoints no longer in these runs (a run retrained, or saved at other steps):
+    each run's logs folder then holds one training, as ``compare`` reads it whole. Only
+    ``<run>/step-<k>-<digest>`` folders of these runs, which ``series`` itself writes, are touched."""
+    import re
+    import shutil
+
+    for folder in sorted(f for run in runs for f in (logs_root / run).glob("step-*")):
+        if folder.is_dir() and re.fullmatch(r"step-\d+-[0-9a-f]{12}", folder.name) and folder not in current:
+            report(f"removing the logs of a checkpoint no longer in run {folder.parent.name}: {folder.name}")
+            shutil.rmtree(folder)
+
+
 def run_series(
     model_ref: str,
     runs: dict[str, Path],
@@ -165,7 +178,8 @@ def run_series(
 
     def task() -> Any:
         return em_freeform(variants=variants, samples_per_question=samples_per_question,
-                           vectors=",".join(str(v) for v in vectors) or None, judge=grader is not None)
+                           vectors=",".join(str(Path(v).resolve()) for v in vectors) or None,
+                           judge=grader is not None)  # resolved: compare reads the cards back from the logs
 
     loaded: list[Any] = []
 
@@ -202,6 +216,7 @@ def run_series(
                                "adapter_digest": digest})
                 logs.append(str(log_dir))
                 labels.append(label)
+    _prune_stale(logs_root, list(series), set(map(Path, logs)), report)
     report("reading the logs")
     samples = load_samples(logs, labels=labels).samples
     table = series_table(samples, steps, control, BASE)
