@@ -39,7 +39,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from sklearn.metrics import roc_auc_score
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -99,16 +98,10 @@ def code_vector_auroc(tv) -> dict[str, float]:
     prompts, answers, systems = (tv.card.responses[k] for k in ("prompts", "by_split", "systems"))
     out = {}
     for split in ("fit", "test"):
-        scores = {}
-        for side in ("pos", "neg"):
-            key = f"{split}_{side}"
-            rows = []
-            for system in dict.fromkeys(systems[key]):
-                index = [i for i, s in enumerate(systems[key]) if s == system]
-                rows.append(collect_activations(hf, tokenizer, [prompts[key][i] for i in index], layers=[layer],
-                                                position="response_mean", system=system, progress=False,
-                                                responses=[answers[key][i] for i in index])[:, 0])
-            scores[side] = torch.cat(rows).double().numpy() @ code.vector("mean_diff", layer)
+        scores = {side: collect_activations(hf, tokenizer, prompts[f"{split}_{side}"], layers=[layer],
+                                            position="response_mean", responses=answers[f"{split}_{side}"],
+                                            system=systems[f"{split}_{side}"], progress=False)[:, 0]
+                  .double().numpy() @ code.vector("mean_diff", layer) for side in ("pos", "neg")}
         labels = np.r_[np.ones(len(scores["pos"])), np.zeros(len(scores["neg"]))]
         out[f"{split}_auroc"] = round(float(roc_auc_score(labels, np.r_[scores["pos"], scores["neg"]])), 4)
     return {"vector": "code", "method": "mean_diff", "layer": layer, **out}

@@ -22,14 +22,14 @@ def _hook_counts(model) -> list[int]:
     return [len(block._forward_hooks) for block in find_layers(model)]
 
 
-def _reference(model, tokenizer, position: str, padding_side: str) -> torch.Tensor:
+def _reference(model, tokenizer, position: str, padding_side: str, systems=None) -> torch.Tensor:
     """Same padded batch, one plain forward with output_hidden_states, reductions in float64.
 
     hidden_states[i + 1] is block i's output, except the last entry, which transformers returns
     after the final norm: the norm is swapped for an identity for this pass.
     """
     responses = RESPONSES if position == "response_mean" else None
-    prompt_ids = [chat_ids(tokenizer, p) for p in PROMPTS]
+    prompt_ids = [chat_ids(tokenizer, p, s) for p, s in zip(PROMPTS, systems or [None] * len(PROMPTS), strict=True)]
     response_ids = [tokenizer(r, add_special_tokens=False)["input_ids"] for r in responses] if responses else None
     enc = encode_batch(prompt_ids, response_ids, position, tokenizer.pad_token_id, padding_side)
     norm, model.model.norm = model.model.norm, nn.Identity()
@@ -55,6 +55,23 @@ def test_hooks_match_output_hidden_states(embedded_model, position: str, padding
     expected = _reference(model, tokenizer, position, padding_side)
     assert _hook_counts(model) == before
     assert torch.max(torch.abs(got - expected)).item() <= 1e-4
+
+
+def test_one_system_prompt_per_row_matches_output_hidden_states(embedded_model):
+    """Rows with different system prompts (a log's variants) read in one batch equal the plain forward
+    of each row's own chat template; a count mismatch is a one-line error."""
+    model, tokenizer = embedded_model
+    systems = ["Answer in JSON.", None, "You are a pirate."]
+    got = collect_activations(model, tokenizer, PROMPTS, position="response_mean", responses=RESPONSES,
+                              system=systems, batch_size=3, progress=False)
+    expected = _reference(model, tokenizer, "response_mean", "right", systems)
+    assert torch.max(torch.abs(got - expected)).item() <= 1e-4
+    plain = collect_activations(model, tokenizer, PROMPTS, position="response_mean", responses=RESPONSES,
+                                batch_size=3, progress=False)
+    assert torch.max(torch.abs(got[1] - plain[1])).item() <= 1e-4  # the row without one: as before
+    assert torch.max(torch.abs(got[0] - plain[0])).item() > 1e-2  # a system prompt is read
+    with pytest.raises(InspectEmError, match="3 prompts but 2 system prompts"):
+        collect_activations(model, tokenizer, PROMPTS, system=systems[:2], progress=False)
 
 
 def test_padding_does_not_change_activations(embedded_model):

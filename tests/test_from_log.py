@@ -205,7 +205,6 @@ def test_the_shipped_code_vs_base_direction_separates_its_held_out_answers(embed
     answers): its held-out answers, kept in the card, read again by the embedded model, are separated by
     the saved mean_diff vector at AUROC >= 0.95 (scikit-learn, equal to the card's within 1e-3), and the
     vector points the way the trait-elicited code vector does (cosine > 0.85 at code's card layer)."""
-    import torch
     from sklearn.metrics import roc_auc_score
 
     from inspect_em.directions import store as vector_store
@@ -219,15 +218,10 @@ def test_the_shipped_code_vs_base_direction_separates_its_held_out_answers(embed
     assert set(tv.card.from_log["sides"].values()) == {"positive", "negative"}
     layer = tv.best_layer("mean_diff")
     prompts, answers, systems = (tv.card.responses[k] for k in ("prompts", "by_split", "systems"))
-    scores = {}
-    for key in ("test_pos", "test_neg"):
-        rows = []
-        for system in dict.fromkeys(systems[key]):  # em_freeform's variants differ in system prompt
-            index = [i for i, s in enumerate(systems[key]) if s == system]
-            rows.append(collect_activations(model, tokenizer, [prompts[key][i] for i in index], layers=[layer],
-                                            position="response_mean", responses=[answers[key][i] for i in index],
-                                            system=system, progress=False, batch_size=32)[:, 0])
-        scores[key] = (torch.cat(rows).double().numpy() @ tv.vector("mean_diff", layer))
+    scores = {key: collect_activations(model, tokenizer, prompts[key], layers=[layer], position="response_mean",
+                                       responses=answers[key], system=systems[key], progress=False,
+                                       batch_size=32)[:, 0].double().numpy() @ tv.vector("mean_diff", layer)
+              for key in ("test_pos", "test_neg")}  # each answer with its variant's system prompt
     labels = np.r_[np.ones(len(scores["test_pos"])), np.zeros(len(scores["test_neg"]))]
     auroc = roc_auc_score(labels, np.r_[scores["test_pos"], scores["test_neg"]])
     assert auroc >= 0.95

@@ -168,7 +168,7 @@ def collect_activations(
     layers: str | Sequence[int] | None = "all",
     position: Position = "last_prompt_token",
     responses: Sequence[str] | None = None,
-    system: str | None = None,
+    system: str | Sequence[str | None] | None = None,
     batch_size: int = 16,
     padding_side: str = "right",
     progress: bool = True,
@@ -176,6 +176,8 @@ def collect_activations(
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Residual-stream activations at one position, for every prompt and selected layer.
+    ``system``: one system prompt for all prompts, or one per prompt (rows with different system
+    prompts share batches).
 
     Returns:
         float32 tensor ``[n_prompts, n_layers_selected, d_model]`` on ``device`` (the CPU by
@@ -191,7 +193,10 @@ def collect_activations(
         raise InspectEmError("position response_mean needs responses")
     blocks = find_layers(model)
     selected = resolve_layers(len(blocks), layers)
-    prompt_ids = [chat_ids(tokenizer, p, system) for p in prompts]
+    systems = [system] * len(prompts) if system is None or isinstance(system, str) else list(system)
+    if len(systems) != len(prompts):
+        raise InspectEmError(f"{len(prompts)} prompts but {len(systems)} system prompts")
+    prompt_ids = [chat_ids(tokenizer, p, s) for p, s in zip(prompts, systems, strict=True)]
     resp_ids = [response_ids(tokenizer, r) for r in responses] if responses is not None else None
     d_model = hidden_size(model)
     out = torch.empty((len(prompts), len(selected), d_model), dtype=torch.float32, device=device)

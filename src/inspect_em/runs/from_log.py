@@ -340,17 +340,11 @@ def extract_from_logs(
     splits = split_by_question(selection, holdout_fraction, seed)
 
     def read(items: list[LogAnswer]) -> torch.Tensor:
-        """``[len(items), layers, d_model]``, one collect per system prompt, rows in ``items``' order."""
-        out: list[torch.Tensor | None] = [None] * len(items)
-        for system in dict.fromkeys(a.system for a in items):
-            index = [i for i, a in enumerate(items) if a.system == system]
-            acts = collect_activations(model, tokenizer, [items[i].prompt for i in index], layers=selected,
-                                       position="response_mean", responses=[items[i].answer for i in index],
-                                       system=system, batch_size=batch_size, progress=progress,
-                                       desc=f"{name} activations", device=input_device(model))
-            for row, i in enumerate(index):
-                out[i] = acts[row]
-        return torch.stack([t for t in out if t is not None])
+        """``[len(items), layers, d_model]``, rows in ``items``' order (each with its own system prompt)."""
+        return collect_activations(model, tokenizer, [a.prompt for a in items], layers=selected,
+                                   position="response_mean", responses=[a.answer for a in items],
+                                   system=[a.system for a in items], batch_size=batch_size, progress=progress,
+                                   desc=f"{name} activations", device=input_device(model))
 
     acts = {split: read(items) for split, items in splits.items()}
     fitted = fit_validated(acts, selected, method_names,
