@@ -242,12 +242,10 @@ def plot_series(table: pd.DataFrame, lora: pd.DataFrame | None, d_model: int | N
 
 def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]
                 ) -> tuple[pd.DataFrame | None, int | None, list[str]]:
-    """:func:`lora_deltas` of the adapters the series' logs name (eval metadata ``adapter``), with the
+    """:func:`lora_deltas` of the adapters the series' logs name (:class:`LogInfo`'s ``adapter_path``), with the
     cosines against the vectors their em_freeform task projected on (``-T vectors=``), ``d_model``, and
     notes on what could not be read: no table when an adapter is gone or was retrained after its eval
     (its digest differs from the log's), no cosine with a vector folder that is gone."""
-    from inspect_ai.log import read_eval_log
-
     from inspect_em.directions import store as vector_store
     from inspect_em.util.paths import sha256_file
 
@@ -256,14 +254,12 @@ def series_lora(infos: Sequence[LogInfo], steps: dict[str, tuple[str, int]]
     for info in infos:
         if info.label not in steps or steps[info.label][0] == BASE_RUN or info.superseded:
             continue
-        header = read_eval_log(info.path, header_only=True)
-        adapter = (header.eval.metadata or {}).get("adapter")
-        weights = Path(adapter) / "adapter_model.safetensors" if adapter else None
+        weights = Path(info.adapter_path) / "adapter_model.safetensors" if info.adapter_path else None
         if weights is None or not weights.is_file() or sha256_file(weights)[:12] != info.adapter:
-            return None, None, [f"the series' LoRA deltas are not plotted: {info.label}'s adapter ({adapter}) is "
-                                "gone, or was retrained after its eval"]
+            return None, None, [f"the series' LoRA deltas are not plotted: {info.label}'s adapter "
+                                f"({info.adapter_path}) is gone, or was retrained after its eval"]
         adapters[steps[info.label]] = weights.parent
-        for folder in str((header.eval.task_args or {}).get("vectors") or "").split(","):
+        for folder in str(info.task_vectors or "").split(","):
             if folder.strip():
                 vector_folders[folder.strip()] = None
     if not adapters:

@@ -71,6 +71,8 @@ class LogInfo:
     adapter: str | None = None
     checkpoint: str | None = None
     series: tuple[str, int] | None = None  # (series_run, step) of any series log, the base model's too
+    adapter_path: str | None = None  # where that adapter was (eval metadata ``adapter``)
+    task_vectors: str | None = None  # the task's ``-T vectors=`` (comma-separated folders)
 
 
 @dataclass
@@ -106,7 +108,8 @@ def _header(path: str, argument: str) -> LogInfo:
                    model=str(log.eval.model), model_path=model_args.get("model_path"), signature=signature,
                    error=log.error.message.splitlines()[0][:120] if log.error and log.error.message else None,
                    steering=_steering_label(steer) if steer is not None else None, eval_id=str(log.eval.eval_id),
-                   adapter=str(adapter) if adapter else None, checkpoint=checkpoint, series=series)
+                   adapter=str(adapter) if adapter else None, checkpoint=checkpoint, series=series,
+                   adapter_path=metadata.get("adapter"), task_vectors=(log.eval.task_args or {}).get("vectors"))
 
 
 def _steering_label(params: dict[str, Any]) -> str:
