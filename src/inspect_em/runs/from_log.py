@@ -186,11 +186,9 @@ def select_answers(logs: Sequence[str | Path], positive: Predicate, negative: Pr
     given = [(side, path) for side, paths in groups for path in paths]
     if not given:
         raise InspectEmError("no logs given (--from-log, --positive-log or --negative-log)")
-    files = log_files([path for _, path in given])  # one check over all of them: no log given twice
-    sides: dict[Path, LogSide] = {}
-    for side, path in given:
-        for file in log_files([path]):
-            sides[file] = side
+    per_path = [(side, log_files([path])) for side, path in given]
+    files = log_files([f for _, found in per_path for f in found])  # over all of them: no log given twice
+    sides = {f: side for side, found in per_path for f in found}
     for path in files:
         side = sides[path]
         selection.sides[path.name] = side
